@@ -1,0 +1,3 @@
+from productlens.cli import app
+
+app()
