@@ -39,7 +39,7 @@ def _has_torch() -> bool:
 
 def setup() -> None:
     """Create the virtual environment and install productlens with its dev extras (once per pyproject)."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit(f"productlens needs Python >= 3.11; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         _run(sys.executable, "-m", "venv", VENV)
@@ -62,8 +62,11 @@ def ensure_chromium() -> None:
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
     if not shutil.which("chromium"):
-        print("note: no chromium found; browser tests will fail. Install Debian's `chromium` package "
-              "or set PRODUCTLENS_CHROMIUM=/path/to/chrome.", flush=True)
+        print(
+            "note: no chromium found; browser tests will fail. Install Debian's `chromium` package "
+            "or set PRODUCTLENS_CHROMIUM=/path/to/chrome.",
+            flush=True,
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -80,7 +83,10 @@ def main(argv: list[str]) -> int:
         cmd = [PYTHON, "-m", "pytest", *rest]
     elif command == "lint":
         rc = subprocess.run([str(PYTHON), "-m", "ruff", "check", str(ROOT)], env=env).returncode
-        return rc or subprocess.run([str(PYTHON), "-m", "ruff", "format", "--check", str(ROOT)], env=env).returncode
+        return (
+            rc
+            or subprocess.run([str(PYTHON), "-m", "ruff", "format", "--check", str(ROOT)], env=env).returncode
+        )
     elif command == "run":
         cmd = [BIN / "productlens", *rest]
     else:
