@@ -12,7 +12,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from productlens.files import write_atomic
 from productlens.predict import Constraints, Prediction, Predictor
 from productlens.task.metrics import evaluate_split, price_errors, row_scores, score_predictions
 
@@ -125,7 +125,7 @@ def evaluate(
             record["nearest_neighbour"] = {k: n[k] for k in ("id", "title", "category", "price")}
 
     _write_jsonl(out / "predictions.jsonl", records)
-    _write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     write_report(out, records, metrics, title=f"productlens evaluation: {split} split")
     _log_wandb(wandb_run, split, metrics, records, undecoded, table_rows)
     print_summary(metrics)
@@ -203,19 +203,8 @@ def _nearest_neighbours(
 # ---- outputs ----------------------------------------------------------------------------------------------
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    _write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _flat(prefix: str, value: Any) -> dict[str, float]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from productlens.files import write_atomic
 from productlens.task.metrics import confusion_matrix, row_scores
 
 # (label, metrics group, key, baseline name, format, higher is better)
@@ -119,15 +118,7 @@ def write_report(
         + "\n</main></body></html>\n"
     )
     path = out_dir / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, page)
 
 
 # ---- formatting -------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import re
 import shutil
 import sqlite3
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from productlens.catalog.download import DownloadConfig, Downloader, ImageJob, run_blocking
 from productlens.catalog.schema import MISSING, ColumnMap
+from productlens.files import write_atomic
 
 if TYPE_CHECKING:
     import datasets
@@ -615,7 +615,7 @@ def _finalise(
         "timing_s": {"total": round(result.seconds, 3),
                      "finalise": round(time.monotonic() - finalise_started, 3)},
     }  # fmt: skip
-    _atomic_write(out / "stats.json", json.dumps(stats, indent=2, default=str).encode())
+    write_atomic(out / "stats.json", json.dumps(stats, indent=2, default=str))
     return result
 
 
@@ -630,13 +630,6 @@ def _split_stats(columns: dict[str, list]) -> dict:
             "price": {"min": prices[0], "p25": q[0], "median": q[1], "p75": q[2], "max": prices[-1],
                       "mean": statistics.fmean(prices)},
             "categories": top, "other_categories": len(prices) - sum(top.values())}  # fmt: skip
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 _MANIFEST = {"row": "int64", "id": "string", "status": "string", "reason": "string", "detail": "string",

@@ -33,6 +33,7 @@ import pandas as pd
 
 from productlens.catalog.photos import PhotoSpec, save_photos
 from productlens.catalog.schema import MISSING, REFERENCE_COLUMNS
+from productlens.files import atomic_path
 
 DEFAULT_ROWS = 3040
 DEFAULT_BRAND = "NORTHGATE"
@@ -712,15 +713,6 @@ def render_photos(
     return done
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_catalog(
     out_dir: str | os.PathLike,
     rows: int = DEFAULT_ROWS,
@@ -757,9 +749,12 @@ def write_catalog(
         if stale_photo or (old.name.startswith(".") and old.name.endswith(".tmp")):
             old.unlink(missing_ok=True)
 
-    _atomic(out / "catalog.parquet", lambda p: table.to_parquet(p, index=False))
-    _atomic(out / "catalog.csv", lambda p: table.to_csv(p, index=False))
-    _atomic(out / "attributes.parquet", lambda p: attrs.to_parquet(p, index=False))
+    with atomic_path(out / "catalog.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(out / "catalog.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "attributes.parquet") as tmp:
+        attrs.to_parquet(tmp, index=False)
     return out
 
 
