@@ -39,7 +39,9 @@ def chromium_page(width: int = 1280, height: int = 900) -> Iterator:
     """A fresh headless Chromium page (Playwright sync API); fails the test with an install hint if no browser is installed."""
     executable = find_chromium()
     if executable is None:
-        pytest.fail("no Chromium found: run `python3 dev.py test` (it installs Debian's chromium) or set PRODUCTLENS_CHROMIUM")
+        pytest.fail(
+            "no Chromium found: run `python3 dev.py test` (it installs Debian's chromium) or set PRODUCTLENS_CHROMIUM"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -1,0 +1,494 @@
+"""The training recipe: prepared dataset -> processor -> Phi-3-Vision (+ LoRA / DoRA / QLoRA, or full) -> HF Trainer
+-> adapter and/or model folder. In: a `RunConfig`. Out: RUN_DIR with checkpoints, config.yaml, run_info.json,
+adapter/ (PEFT) and model/ (full fine-tuning, or `--merge`), in the official checkpoint layout.
+
+    productlens train --config configs/phi3v-lora.yaml --data data/prepared --out runs/lora
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from productlens.collate import SeededLengthGroupedSampler, TrainingCollator, example_lengths
+from productlens.config import FinetuneConfig, LoraConfig, RunConfig, save_config
+from productlens.files import write_atomic
+from productlens.task.prompts import AnswerTemplate
+from productlens.tracking import GenerationEvalCallback, console
+
+VISION_PREFIX = "vision_embed_tokens.img_processor."  # the CLIP tower
+PROJECTION_PREFIX = "vision_embed_tokens."  # the rest of the image embedding: img_projection, glb_GN, sub_GN
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "productlens")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run put things, and how it ran."""
+
+    output_dir: Path
+    adapter_dir: Path | None  # PEFT methods: the adapter (+ processor)
+    model_dir: Path | None  # full fine-tuning, or a merged adapter: the whole model (+ processor)
+    global_step: int
+    world_size: int
+    total_batch_size: int  # examples per optimizer step, over all processes and accumulation steps
+    metrics: dict[str, float]
+    best_checkpoint: str | None
+
+
+# ---- parts of the model -----------------------------------------------------------------------------------
+
+
+def part_of(name: str) -> str:
+    """Parameter name -> 'vision' (CLIP tower), 'projection' (img_projection, separators) or 'language'."""
+    if VISION_PREFIX in name:
+        return "vision"
+    if PROJECTION_PREFIX in name:
+        return "projection"
+    return "language"
+
+
+def _used_vision_layers(model: Any) -> int:
+    """CLIP encoder layers that reach the features (the rest, and post_layernorm, never get a gradient)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.vision_embed_tokens.num_layers
+
+
+def _unused_vision_parameter(name: str, used_layers: int) -> bool:
+    if VISION_PREFIX not in name:
+        return False
+    layer = re.search(r"encoder\.layers\.(\d+)\.", name)
+    return "post_layernorm" in name or (layer is not None and int(layer.group(1)) >= used_layers)
+
+
+def set_trainable(model: torch.nn.Module, finetune: FinetuneConfig) -> None:
+    """Full fine-tuning: train every part not frozen by the config (CLIP layers past the feature layer never)."""
+    frozen = {"vision": finetune.freeze_vision, "projection": finetune.freeze_projection}
+    frozen["language"] = finetune.freeze_language
+    used = _used_vision_layers(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(not frozen[part_of(name)] and not _unused_vision_parameter(name, used))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("every part is frozen (finetune.freeze_*); unfreeze at least one to train")
+
+
+def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, used_vision_layers: int) -> Any:
+    """The PEFT LoraConfig: adapters on the unfrozen parts; the projection trained whole unless adapted."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    patterns = []
+    if not finetune.freeze_language:
+        patterns.append(rf"(?!.*vision_embed_tokens)(?:.*\.)?({'|'.join(map(re.escape, lora.targets))})")
+    if not finetune.freeze_vision:
+        layers = "|".join(str(i) for i in range(used_vision_layers))
+        names = "|".join(map(re.escape, lora.vision_targets))
+        patterns.append(rf".*{re.escape(VISION_PREFIX)}.*encoder\.layers\.({layers})\..*\.({names})")
+    train_projection = not finetune.freeze_projection
+    if train_projection and lora.projection_targets:
+        patterns.append(r".*vision_embed_tokens\.img_projection\.(0|2)")
+    if not patterns:
+        raise ValueError(
+            "no LoRA targets: the language model, the vision tower and the projection are all frozen or not "
+            "adapted; unfreeze a part (finetune.freeze_*) or set lora.projection_targets=true"
+        )
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="|".join(f"(?:{p})" for p in patterns),
+        modules_to_save=["img_projection.0", "img_projection.2"]
+        if train_projection and not lora.projection_targets
+        else None,
+        use_dora=finetune.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+
+
+def quantization_settings(compute_dtype: torch.dtype) -> Any:
+    """QLoRA: 4-bit NF4 language model; the CLIP tower, projection and lm_head stay unquantised."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("QLoRA needs bitsandbytes: pip install 'productlens[qlora]' (on a CUDA machine)")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use finetune.method=lora on this machine"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=["vision_embed_tokens", "lm_head"],
+    )
+
+
+def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
+    """The base checkpoint, wrapped for the configured method (PEFT adapters, or trainable parts for full)."""
+    from transformers import AutoModelForCausalLM
+
+    import productlens.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
+
+    finetune = config.finetune
+    kwargs: dict[str, Any] = {"dtype": DTYPES[config.model.dtype]}
+    if config.model.attn_implementation:
+        kwargs["attn_implementation"] = config.model.attn_implementation
+    if finetune.method == "qlora":
+        compute = torch.bfloat16 if args.bf16 else torch.float16
+        kwargs["quantization_config"] = quantization_settings(compute)
+        kwargs["device_map"] = {"": args.device}
+        kwargs["dtype"] = compute
+    model = AutoModelForCausalLM.from_pretrained(config.model.path, **kwargs)
+    if finetune.method == "full":
+        set_trainable(model, finetune)
+        return model
+
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    checkpointing = bool(args.activation_checkpointing or args.gradient_checkpointing)
+    if finetune.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model = get_peft_model(model, lora_settings(config.lora, finetune, _used_vision_layers(model)))
+    if checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need a grad path
+    return model
+
+
+# ---- the trainer ------------------------------------------------------------------------------------------
+
+
+class ProductTrainer(Trainer):
+    """HF Trainer plus: a seeded length-grouped sampler, generation metrics inside evaluation (so that
+    `metric_for_best_model` can name them), and per-part learning rates (vision tower, projection)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        generation_eval: GenerationEvalCallback | None = None,
+        finetune: FinetuneConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.generation_eval = generation_eval
+        self.finetune = finetune or FinetuneConfig()
+        if generation_eval is not None:
+            self.add_callback(generation_eval)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        column = self.args.length_column_name
+        if self.args.train_sampling_strategy == "group_by_length" and column in dataset.column_names:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return SeededLengthGroupedSampler(size, list(dataset[column]), seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
+        if self.generation_eval is not None and description == "Evaluation":
+            scores = self.generation_eval.run(self.model, self.processing_class)
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
+        return output
+
+    def create_optimizer(self, model=None):
+        finetune = self.finetune
+        if self.optimizer is not None or (
+            finetune.vision_learning_rate is None and finetune.projection_learning_rate is None
+        ):
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        base = self.args.learning_rate
+        rates = {
+            "vision": finetune.vision_learning_rate or base,
+            "projection": finetune.projection_learning_rate or base,
+            "language": base,
+        }
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((part_of(name), name in decay), []).append(param)
+        param_groups = [
+            {"params": params, "lr": rates[part], "weight_decay": self.args.weight_decay if decays else 0.0}
+            for (part, decays), params in groups.items()
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+class _EpochSeed(TrainerCallback):
+    """Tells the sampler which epoch starts (also after a resume, where the loader wrappers may not)."""
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sampler = _find_sampler(kwargs.get("train_dataloader"))
+        if sampler is not None:
+            sampler.set_epoch(int(state.epoch or 0))
+
+
+def _find_sampler(node: Any, depth: int = 0) -> SeededLengthGroupedSampler | None:
+    """Our sampler inside the (accelerate-wrapped, possibly batch-skipping) training data loader."""
+    if isinstance(node, SeededLengthGroupedSampler):
+        return node
+    if node is None or depth > 6:
+        return None
+    for attr in ("batch_sampler", "sampler"):
+        found = _find_sampler(getattr(node, attr, None), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+def training_arguments(config: RunConfig) -> TrainingArguments:
+    """config.training -> TrainingArguments (run name defaulting to the output folder's name)."""
+    values = dict(config.training)
+    values.setdefault("run_name", config.wandb.name or Path(values["output_dir"]).name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # several processes (torchrun) on a machine without a GPU: transformers only goes data-parallel
+        # (gloo) when told that the CPU is the device
+        values.setdefault("use_cpu", True)
+    return TrainingArguments(**values)
+
+
+def latest_checkpoint(output_dir: Path) -> str:
+    """The newest complete checkpoint (one with trainer_state.json) in output_dir, or a clear error."""
+    found = sorted(
+        (p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for path in found:
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        console.print(f"[yellow]skipping {path.name}: incomplete (the run stopped while saving it)[/yellow]")
+    raise FileNotFoundError(
+        f"no complete checkpoint in {output_dir}; start without --resume (checkpoints are written every "
+        "training.save_steps steps)"
+    )
+
+
+def run_info() -> dict[str, Any]:
+    """The git commit of the checkout (if any) and the versions of the packages a run depends on."""
+    here = Path(__file__).resolve().parent
+    info: dict[str, Any] = {"python": sys.version.split()[0], "command": sys.argv}
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain"], capture_output=True, text=True
+        )
+        info["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+        info["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except OSError:
+        info["git_commit"] = info["git_dirty"] = None
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    info["packages"] = versions
+    return info
+
+
+def write_run_files(config: RunConfig, output_dir: Path) -> None:
+    """RUN_DIR/config.yaml (the resolved config) and RUN_DIR/run_info.json (git commit, package versions)."""
+    save_config(config, output_dir / "config.yaml")
+    write_atomic(output_dir / "run_info.json", json.dumps(run_info(), indent=2) + "\n")
+
+
+def template_of(config: RunConfig) -> AnswerTemplate:
+    """The task's question and answer fields (the reference recipe's by default)."""
+    return AnswerTemplate.from_dict(config.task) if config.task else AnswerTemplate()
+
+
+def load_processor(config: RunConfig) -> Any:
+    """The checkpoint's processor, with num_crops overridden when the config sets it."""
+    from transformers import AutoProcessor
+
+    import productlens.phi3v  # noqa: F401
+
+    kwargs = {"num_crops": config.model.num_crops} if config.model.num_crops else {}
+    return AutoProcessor.from_pretrained(config.model.path, **kwargs)
+
+
+def _datasets(config: RunConfig, processor: Any, template: AnswerTemplate, args: TrainingArguments):
+    from productlens.catalog.prepare import load_prepared
+
+    data = load_prepared(config.data.path)
+    train = data["train"]
+    if config.data.train_limit is not None:
+        train = train.select(range(min(config.data.train_limit, len(train))))
+    evaluation = data["validation"] if "validation" in data and len(data["validation"]) else None
+    if evaluation is not None and config.data.eval_limit is not None:
+        evaluation = evaluation.select(range(min(config.data.eval_limit, len(evaluation))))
+    if evaluation is None and args.eval_strategy != "no":
+        raise ValueError(f"{config.data.path} has no validation split; set training.eval_strategy=no")
+    if args.train_sampling_strategy == "group_by_length":
+        column = args.length_column_name
+        train = train.add_column(column, example_lengths(train, processor, template))
+        if evaluation is not None:
+            evaluation = evaluation.add_column(column, example_lengths(evaluation, processor, template))
+    return data, train, evaluation
+
+
+def _generation_eval(config: RunConfig, data: Any, evaluation: Any, template: AnswerTemplate, args):
+    if config.eval.sample_size == 0 or evaluation is None or args.eval_strategy == "no":
+        return None
+    sample = data["validation"].select(range(min(config.eval.sample_size, len(data["validation"]))))
+    rows = []
+    for row in sample:
+        row["image"] = row["image"].convert("RGB")  # decoded once, kept in memory for every evaluation
+        rows.append(row)
+    train_rows = data["train"].select_columns(["title", "category", "price"]).to_list()
+    return GenerationEvalCallback(rows, train_rows, template, config.eval, config.wandb.table_rows)
+
+
+def train(
+    config: RunConfig, resume: bool | str = False, callbacks: list[TrainerCallback] | None = None
+) -> TrainResult:
+    """Run one training job as configured; `resume=True` continues from the newest checkpoint in the run
+    folder (same data order, optimiser, scheduler and random state), a path from that checkpoint."""
+    from productlens.tracking import finish_wandb, log_model_artifact, start_wandb
+
+    args = training_arguments(config)
+    output_dir = Path(args.output_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = resume if isinstance(resume, str) else latest_checkpoint(output_dir)
+        console.print(f"resuming from {checkpoint}")
+    main_process = args.process_index == 0
+    if main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_run_files(config, output_dir)
+    tracked = main_process and "wandb" in args.report_to
+    if tracked:
+        start_wandb(config.wandb, output_dir, config.to_dict())
+    try:
+        template = template_of(config)
+        processor = load_processor(config)
+        data, train_set, eval_set = _datasets(config, processor, template, args)
+        trainer = ProductTrainer(
+            model=load_model(config, args),
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=TrainingCollator(processor, template, config.data.max_length),
+            processing_class=processor,
+            callbacks=[*(callbacks or []), _EpochSeed()],
+            generation_eval=_generation_eval(config, data, eval_set, template, args),
+            finetune=config.finetune,
+        )
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+        adapter_dir, model_dir = save_final(trainer, config, processor, output_dir)
+        if tracked and config.wandb.log_model:
+            final = model_dir or adapter_dir
+            log_model_artifact(final, final.name, {"global_step": trainer.state.global_step})
+    finally:
+        if tracked:
+            finish_wandb()
+    return TrainResult(
+        output_dir=output_dir,
+        adapter_dir=adapter_dir,
+        model_dir=model_dir,
+        global_step=trainer.state.global_step,
+        world_size=args.world_size,
+        total_batch_size=args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        metrics=dict(output.metrics),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+    )
+
+
+def train_from_options(
+    preset: str | None,
+    overrides: list[str],
+    data: str | None = None,
+    model: str | None = None,
+    out: str | None = None,
+    merge: bool = False,
+    resume: bool = False,
+) -> TrainResult:
+    """The `productlens train` options -> a resolved RunConfig -> `train`. With --resume and no --config,
+    the run folder's own config.yaml is used, so a killed run continues exactly as it was set up."""
+    from productlens.config import load_config
+
+    given = [f"data.path={data}"] * bool(data) + [f"model.path={model}"] * bool(model)
+    given += [f"training.output_dir={out}"] * bool(out) + ["finetune.merge=true"] * merge
+    if preset is None and resume and out and (Path(out) / "config.yaml").is_file():
+        preset = str(Path(out) / "config.yaml")
+    config = load_config(preset, [*given, *overrides])
+    result = train(config, resume=resume)
+    console.print(
+        f"trained {result.global_step} steps ({result.world_size} process(es), {result.total_batch_size} "
+        f"examples per step) -> {result.output_dir}"
+        + (f"; adapter: {result.adapter_dir}" if result.adapter_dir else "")
+        + (f"; model: {result.model_dir}" if result.model_dir else "")
+    )
+    return result
+
+
+def save_final(
+    trainer: Trainer, config: RunConfig, processor: Any, output_dir: Path
+) -> tuple[Path | None, Path | None]:
+    """-> (adapter_dir, model_dir). PEFT: RUN_DIR/adapter, plus RUN_DIR/model merged when finetune.merge;
+    full: RUN_DIR/model. Each folder also holds the processor, so it loads on its own."""
+    if config.finetune.method == "full":
+        model_dir = output_dir / "model"
+        trainer.save_model(str(model_dir))
+        if trainer.args.should_save:
+            processor.save_pretrained(model_dir)
+        return None, model_dir
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if trainer.args.should_save:
+        processor.save_pretrained(adapter_dir)
+    if not config.finetune.merge:
+        return adapter_dir, None
+    model_dir = output_dir / "model"
+    if trainer.args.should_save:
+        merge_adapter(config.model.path, adapter_dir, model_dir, DTYPES[config.model.dtype])
+        processor.save_pretrained(model_dir)
+    trainer.accelerator.wait_for_everyone()
+    return adapter_dir, model_dir
+
+
+def merge_adapter(base_path: str, adapter_dir: Path, model_dir: Path, dtype: Any = "auto") -> Path:
+    """Base checkpoint + adapter -> one model folder in the official layout (official key names).
+
+    The base is reloaded unquantised, so a QLoRA adapter merges into full-precision weights.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import productlens.phi3v  # noqa: F401
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = model_dir.parent / f".{model_dir.name}.tmp-{os.getpid()}"
+    try:
+        merged.save_pretrained(tmp)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.replace(model_dir)  # the folder appears whole, or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir
