@@ -120,7 +120,8 @@ class Phi3VImageEmbedding(nn.Module):
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, C+1, 3, S, S], image_sizes [N, 2] -> image embeddings [T, hidden], images in order."""
         merged = self.merged_features(pixel_values, image_sizes)
-        return self.img_projection(merged.to(self.img_projection[0].bias.dtype))
+        weight = next(self.img_projection.parameters())  # survives PEFT wrapping the whole projection
+        return self.img_projection(merged.to(weight.dtype))
 
 
 class Phi3VPreTrainedModel(Phi3PreTrainedModel):
