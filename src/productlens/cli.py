@@ -322,7 +322,7 @@ def serve(
         typer.Option("--allow-private-urls", help="Let JSON photo URLs reach loopback/private addresses."),
     ] = False,
 ) -> None:
-    """Serve the model: a web page to drop photos on (/) and an HTTP API (POST /v1/predict, docs at /docs).
+    """Serve the model: a web page to drop photos on (/) and an HTTP API (POST /v1/predict, schema at /openapi.json).
 
     Example: productlens serve --model runs/quickstart --port 8000
     """
