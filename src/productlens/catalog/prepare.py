@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from productlens.catalog.download import DownloadConfig, Downloader, ImageJob, run_blocking
 from productlens.catalog.schema import MISSING, ColumnMap
 from productlens.files import write_atomic
+from productlens.prices import read_separated
 
 if TYPE_CHECKING:
     import datasets
@@ -118,31 +119,10 @@ def parse_price(value: object) -> float:
 
 
 def _parse_number(num: str, text: str) -> float:
-    sign, digits = "-" if num[0] == "-" else "", num.lstrip("+-")
-    seps = [c for c in digits if c in ".,"]
-
-    def grouped(part: str, sep: str) -> bool:  # "1,290,000": 1-3 digits (not "0"), then groups of three
-        head, *groups = part.split(sep)
-        return 1 <= len(head) <= 3 and head != "0" and all(len(g) == 3 for g in groups)
-
-    if not seps:
-        return float(sign + digits)
-    if len(set(seps)) == 2:  # both: the last one is the decimal mark
-        thousands = "," if seps[-1] == "." else "."
-        whole, _, frac = digits.rpartition(seps[-1])
-        if seps[-1] in whole or not grouped(whole, thousands):
-            raise ValueError(f"ambiguous separators in {text!r}")
-        return float(f"{sign}{whole.replace(thousands, '')}.{frac}")
-    if len(seps) > 1:  # one kind, repeated: thousands
-        if not grouped(digits, seps[0]):
-            raise ValueError(f"ambiguous separators in {text!r}")
-        return float(sign + digits.replace(seps[0], ""))
-    whole, _, frac = digits.partition(seps[0])
-    return (
-        float(sign + whole + frac)
-        if len(frac) == 3 and grouped(digits, seps[0])
-        else float(f"{sign}{whole}.{frac}")
-    )
+    value = read_separated(num.lstrip("+-"))
+    if value is None:
+        raise ValueError(f"ambiguous separators in {text!r}")
+    return -value if num.startswith("-") else value
 
 
 def group_key(title: str, price: float) -> str:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from productlens.prices import read_separated
 from productlens.task.prompts import AnswerTemplate
 
 # Chat/special tokens a decoder may leave in: <|end|>, <|endoftext|>, <|assistant|>, </s>, <s>, <unk>, <pad>.
@@ -69,27 +70,8 @@ def parse_price(text: str) -> float | None:
     if match is None:
         return None
     token = re.sub(r"['\u00a0\u202f]", "", match.group())
-    seps = re.findall(r"[.,]", token)
-    groups = re.split(r"[.,]", token)
-    if not seps:
-        number = token
-    elif len(set(seps)) == 2:
-        whole, _, frac = token.rpartition(seps[-1])
-        number = re.sub(r"[.,]", "", whole) + "." + frac
-    elif _grouped(groups):
-        number = "".join(groups)
-    elif len(seps) == 1:
-        number = f"{groups[0]}.{groups[1]}"
-    else:
-        return None  # '1.2.3': one separator repeated, but not as thousands groups
-    value = float(number)
-    return value if math.isfinite(value) else None
-
-
-def _grouped(groups: list[str]) -> bool:
-    """True if digit groups read as thousands: '2' '490' or '1' '234' '567' (not '0' '125', not '2490' '000')."""
-    head, *rest = groups
-    return 1 <= len(head) <= 3 and not head.startswith("0") and all(len(g) == 3 for g in rest)
+    value = read_separated(token, strict=False)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def parse_answer(text: str, template: AnswerTemplate = AnswerTemplate()) -> ParsedAnswer:
