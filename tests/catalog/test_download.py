@@ -445,8 +445,8 @@ def test_webp_is_reencoded_as_jpeg():
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (b"<!doctype html><html></html>", "not a JPEG, PNG, WEBP or GIF"),
-        (b"BM" + bytes(100), "not a JPEG"),  # BMP: a real format, but not one we decode
+        (b"<!doctype html><html></html>", r"not a JPEG \(and MPO\), PNG, WebP, GIF, AVIF or HEIC image \(HTML"),
+        (b"BM" + bytes(100), r"not a JPEG.*\(a BMP image\)"),  # a real format, but not one we decode
         (jpeg(4)[:300], "truncated|cannot decode"),
         (bomb_png(), "bomb"),
         (bomb_png(8000, 6000), "48 MP, above the 40 MP limit"),  # below Pillow's own limit: ours is the error

@@ -85,7 +85,8 @@ def test_parse_price(value, price):
         ("0", "not a positive price"),
         ("-5", "not a positive price"),
         (-5.0, "not a positive price"),
-        (float("inf"), "not a positive price"),
+        (float("inf"), "not a finite price"),
+        (10**400, "not a finite price"),
         (True, "missing"),
     ],
 )

@@ -16,12 +16,13 @@ import os
 import random
 import socket
 import ssl
+import stat
 import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self, TypeVar
 from urllib.parse import urlsplit
@@ -32,12 +33,17 @@ import httpx
 from PIL import ExifTags, Image, ImageOps
 
 from productlens import __version__
+from productlens.catalog.imagetypes import FORMATS as FORMATS  # re-exported; the kinds rule lives there
+from productlens.catalog.imagetypes import problem as kind_problem
+from productlens.catalog.imagetypes import sniff as sniff
 
 T = TypeVar("T")
 USER_AGENT = f"productlens/{__version__} (+https://github.com/productlens/productlens)"
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF")  # the only decoders Pillow may try (exotic formats carry CVEs)
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Cloud metadata services: refused even with allow_private, unless named in allow_hosts (so is all link-local).
+_METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
+_SHARED_MAX = 100_000  # URLs whose outcome a Downloader remembers, so that repeated URLs are fetched once
 _OCTET = "application/octet-stream", "binary/octet-stream"
 _CONNECTIONS_PER_POOL = 8  # see Downloader.__aenter__
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -60,10 +66,16 @@ class DownloadConfig:
     max_pixels: int = 40_000_000  # larger images are refused as decompression bombs (an error, not a warning)
     max_side: int | None = None  # shrink so that the longest side is at most this many pixels
     jpeg_quality: int = 95  # when an image has to be re-encoded
-    allow_private: bool = False  # allow loopback/private/link-local/... addresses (tests, intranets)
-    allow_hosts: frozenset[str] = frozenset()  # exact "host:port" pairs allowed even when private
+    allow_private: bool = False  # allow loopback/private/CGNAT/... addresses; link-local only when named
+    # Hosts allowed even when private: "host", "host:port", an IP or a CIDR ("10.0.0.0/8", "[fd00::1]:8080").
+    # Naming a link-local / metadata address here is the only way to fetch one.
+    allow_hosts: frozenset[str] = frozenset()
+    image_roots: tuple[str, ...] = ()  # folders local image paths may lie in, besides the catalog's own
     user_agent: str = USER_AGENT
     workers: int | None = None  # threads that decode, encode, hash and write (None: one per CPU)
+
+    def __post_init__(self) -> None:
+        HostPolicy(self.allow_private, self.allow_hosts)  # a bad allow_hosts entry fails here, with why
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,9 @@ class ImageResult:
     row_id: str
     url: str  # the source as text ("<embedded image, N bytes>" for bytes)
     status: str  # "ok" | "failed"
-    reason: str = ""  # "" when ok; else "unsafe_url" | "download_failed" | "invalid_image"
+    reason: str = (
+        ""  # "" when ok; else "unsafe_url" | "download_failed" | "invalid_image" | "unexpected_error"
+    )
     detail: str = ""  # what went wrong, for people
     http_status: int | None = None
     sha256: str | None = None  # of the stored file, which is also its name
@@ -115,9 +129,7 @@ def address_problem(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
     """Why `address` must not be fetched ("loopback", "private", ...); None for a public unicast address."""
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        embedded = _embedded(ip)
         if embedded is not None and (problem := address_problem(embedded)):
             return f"IPv6 wrapping a {problem} IPv4 address"
     for name in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
@@ -128,10 +140,25 @@ def address_problem(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
     return None if ip.is_global else "not globally routable"
 
 
+def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    if embedded is None and ip in _NAT64:
+        embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return embedded
+
+
+def _named_only(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Link-local and cloud metadata addresses (also inside IPv6): fetched only when allow_hosts names them."""
+    inner = _embedded(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_link_local or ip in _METADATA or (inner is not None and _named_only(inner))
+
+
 def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP a host name spells, including legacy IPv4 forms (2130706433, 0177.0.0.1, 0x7f.1, 127.1)."""
+    """The IP a host name spells, including legacy IPv4 forms (2130706433, 0177.0.0.1, 0x7f.1, 127.1) and a
+    trailing dot ("10.0.0.1.")."""
+    host = host.strip("[]").rstrip(".")
     try:
-        return ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host)
     except ValueError:
         pass
     if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
@@ -142,17 +169,87 @@ def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return None
 
 
+class HostPolicy:
+    """Which non-public addresses may be fetched: `allow_private` opens loopback/private/CGNAT/...; `allow_hosts`
+    names hosts ("cdn.local", "cdn.local:8080"), addresses and CIDRs ("10.1.2.3", "10.0.0.0/8",
+    "[fd00::1]:8080"). Link-local and cloud metadata addresses open only when named here."""
+
+    def __init__(self, allow_private: bool = False, allow_hosts: Iterable[str] = ()) -> None:
+        self.allow_private = allow_private
+        self.names: set[tuple[str, int | None]] = set()
+        self.networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None]] = []
+        if isinstance(allow_hosts, str):
+            allow_hosts = [allow_hosts]
+        for entry in allow_hosts:
+            self._add(str(entry))
+
+    def _add(self, entry: str) -> None:
+        text, port = entry.strip().lower(), None
+        try:
+            network = ipaddress.ip_network(text.strip("[]"), strict=False)
+            self.networks.append((network, None))
+            return
+        except ValueError:
+            pass
+        host, sep, tail = text.rpartition(":")
+        if sep and tail.isdigit() and "]" not in tail and (host.endswith("]") or ":" not in host):
+            text, port = host, int(tail)
+            if not 0 < port < 65536:
+                raise ValueError(f"allowed host {entry!r}: the port must be 1-65535")
+        text = text.strip("[]").rstrip(".")
+        ip = _literal_ip(text)
+        if ip is not None:
+            self.networks.append((ipaddress.ip_network(ip), port))
+        elif text and all(part and len(part) < 64 for part in text.split(".")) and " " not in text:
+            self.names.add((text, port))
+        else:
+            raise ValueError(
+                f"allowed host {entry!r} is not a host name, host:port, IP address or CIDR (e.g. 10.0.0.0/8)"
+            )
+
+    def named(self, host: str, port: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        """True when allow_hosts names this host (by name or address, with this port if it gives one)."""
+        host = host.strip("[]").rstrip(".").lower()
+        if (host, None) in self.names or (host, port) in self.names:
+            return True
+        return ip is not None and any(ip in net and p in (None, port) for net, p in self.networks)
+
+    def refusal(
+        self, host: str, port: int, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> str | None:
+        """Why `host` (at `address`, port `port`) may not be fetched; None when it may."""
+        ip = ipaddress.ip_address(address)
+        problem = address_problem(ip)
+        if problem is None or self.named(host, port, ip) or self.named(str(ip), port, ip):
+            return None
+        where = f"{host} is" if _literal_ip(host) == ip else f"{host} resolves to {ip}, which is"
+        if _named_only(ip):
+            return (f"{where} a {problem} address, where cloud metadata services live; even allow_private "
+                    f"(--allow-private) does not open it: name it with allow_hosts (--allow-host {ip})")  # fmt: skip
+        if self.allow_private:
+            return None
+        return (f"{where} a {problem} address ({ip}); name it with allow_hosts (--allow-host {host}) "
+                "or pass allow_private (--allow-private) to fetch it")  # fmt: skip
+
+
 def check_url(url: str, *, allow_private: bool = False, allow_hosts: Iterable[str] = ()) -> httpx.URL:
     """Return the parsed URL if productlens may fetch it; raise `UnsafeURL` saying why not.
 
-    Checks the scheme (http/https only), credentials, and literal IP addresses in any spelling. Host names
-    are resolved and every address checked when the connection is made (see `_GuardedBackend`).
+    Checks the scheme (http/https only), credentials, the port, and literal IP addresses in any spelling.
+    Host names are resolved and every address checked when the connection is made (see `_GuardedBackend`).
+    Spaces and control characters around the URL are ignored, as browsers do.
     """
+    return _check_url(url, HostPolicy(allow_private, allow_hosts))
+
+
+def _check_url(url: str, policy: HostPolicy) -> httpx.URL:
+    url = url.strip("".join(map(chr, range(33))))  # WHATWG: C0 controls and spaces around a URL are dropped
     try:
         split = urlsplit(url)
         host = split.hostname or ""
+        port = split.port
     except ValueError as exc:
-        raise UnsafeURL(f"not a valid URL: {exc}") from None
+        raise UnsafeURL(f"not a valid URL ({exc}): {url[:200]!r}") from None
     scheme = split.scheme.lower()
     if scheme not in ("http", "https"):
         raise UnsafeURL(
@@ -162,29 +259,29 @@ def check_url(url: str, *, allow_private: bool = False, allow_hosts: Iterable[st
         raise UnsafeURL("URLs with credentials (user:password@host) are not allowed")
     if not host:
         raise UnsafeURL("the URL has no host")
-    port = split.port or (443 if scheme == "https" else 80)
-    if not allow_private and f"{host}:{port}" not in set(allow_hosts):
-        ip = _literal_ip(host)
-        if ip is not None and (problem := address_problem(ip)):
-            raise UnsafeURL(
-                f"{host} is a {problem} address ({ip}); pass allow_private (--allow-private) to fetch it"
-            )
+    if port == 0:
+        raise UnsafeURL("not a valid URL: port 0")
+    ip = _literal_ip(host)
+    if ip is not None and (why := policy.refusal(host, port or (443 if scheme == "https" else 80), ip)):
+        raise UnsafeURL(why)
+    if any(c.isspace() for c in url):
+        raise UnsafeURL(f"not a valid URL: it contains spaces or line breaks: {url[:200]!r}")
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise UnsafeURL(f"not a valid URL: {exc}") from None
+        raise UnsafeURL(f"not a valid URL ({exc}): {url[:200]!r}") from None
     if parsed.userinfo or not parsed.host:
         raise UnsafeURL("the URL has credentials or no host")
     return parsed
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself, refuses it if ANY address is not public, then connects to the checked
-    address (so a DNS answer cannot change between the check and the connection). Runs for every new
-    connection, redirects included, before any packet is sent to the host."""
+    """Resolves the host itself, refuses it if ANY address is not public (see `HostPolicy`), then connects to
+    the checked address (so a DNS answer cannot change between the check and the connection). Runs for every
+    new connection, redirects included, before any packet is sent to the host."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend, allow_private: bool, allow_hosts: frozenset[str]):
-        self._inner, self._allow_private, self._allow_hosts = inner, allow_private, allow_hosts
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, policy: HostPolicy):
+        self._inner, self._policy = inner, policy
 
     async def connect_tcp(
         self,
@@ -198,14 +295,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:  # becomes httpx.ConnectError: a transient failure
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if not self._allow_private and f"{host}:{port}" not in self._allow_hosts:
-            for address in addresses:
-                if problem := address_problem(address):
-                    raise UnsafeURL(
-                        f"{host} resolves to {address}, a {problem} address; pass allow_private "
-                        "(--allow-private) to fetch it"
-                    )
+        addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+        for address in addresses:
+            if why := self._policy.refusal(host, port, address):
+                raise UnsafeURL(why)
         error: Exception = httpcore.ConnectError(f"{host} did not resolve")
         for address in addresses:
             try:
@@ -224,19 +317,6 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 # ---- image verification -----------------------------------------------------------------------------------
-def sniff(data: bytes) -> str | None:
-    """The image format the magic bytes announce (one of FORMATS), or None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any mode -> RGB: transparency flattened onto white, 16-bit scaled to 8-bit, CMYK/L/P converted."""
     if im.mode in ("P", "L", "RGB", "1") and "transparency" in im.info:
@@ -256,14 +336,15 @@ def normalise_image(
 ) -> tuple[bytes, str, int, int]:
     """Verify an image and make it training-ready: (bytes to store, ".jpg" or ".png", width, height).
 
-    Refuses (InvalidImage) anything that is not a complete JPEG/PNG/WEBP/GIF under `max_pixels`. Applies
-    EXIF orientation, flattens alpha onto white, converts to RGB, takes the first frame of animations and
-    shrinks to `max_side`. A JPEG or PNG that is already RGB and needs none of that is kept byte for byte
-    (no generation loss, and its hash is the source's hash); everything else is re-encoded as JPEG.
+    Refuses (InvalidImage) anything that is not a complete image of a kind `imagetypes` accepts (JPEG/MPO, PNG,
+    WEBP, GIF, AVIF, HEIC with its plugin) under `max_pixels`. Applies EXIF orientation, flattens alpha onto
+    white, converts to RGB, takes the first frame of animations and shrinks to `max_side`. A JPEG or PNG that is
+    already RGB and needs none of that is kept byte for byte (no generation loss, and its hash is the source's
+    hash); everything else is re-encoded as JPEG. Messages never quote the bytes.
     """
+    if why := kind_problem(data[:64]):
+        raise InvalidImage(why)
     kind = sniff(data)
-    if kind is None:
-        raise InvalidImage(f"not a JPEG, PNG, WEBP or GIF image (starts with {data[:12]!r})")
     try:
         with Image.open(io.BytesIO(data), formats=[kind]) as im:
             width, height = im.size
@@ -304,7 +385,7 @@ def normalise_image(
         raise
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, RuntimeError, struct.error) as exc:
         raise InvalidImage(f"cannot decode the {kind} image: {exc}") from None
 
 
@@ -348,8 +429,10 @@ def _retry_after(value: str | None) -> float | None:
 class Downloader:
     """Fetches `ImageJob`s concurrently into `images_dir` and verifies every image. Use as an async context.
 
-    `base_dir` is the folder relative local paths are read from; None refuses local paths altogether
-    (for catalogs that did not come from this machine). One Downloader per `images_dir` at a time.
+    `base_dir` is the folder relative local paths are read from; local paths must lie in it or in one of
+    `config.image_roots`, and be regular files. None (and no image_roots) refuses local paths altogether (for
+    catalogs that did not come from this machine). A URL that several jobs share is fetched once. One
+    Downloader per `images_dir` at a time.
     """
 
     def __init__(
@@ -366,6 +449,8 @@ class Downloader:
         self._clients: list[httpx.AsyncClient] = []
         self._busy: list[int] = []  # requests in flight per client
         self._workers: ThreadPoolExecutor | None = None
+        self._policy = HostPolicy(config.allow_private, config.allow_hosts)
+        self._shared: dict[str, asyncio.Future[ImageResult]] = {}  # URL -> its (first) fetch
 
     async def __aenter__(self) -> Self:
         cfg = self.config
@@ -391,7 +476,7 @@ class Downloader:
                 f"httpx {httpx.__version__} changed its transport internals, so productlens cannot install "
                 "its connect-time address check; install httpx 0.28.x"
             )
-        pool._network_backend = _GuardedBackend(pool._network_backend, cfg.allow_private, cfg.allow_hosts)
+        pool._network_backend = _GuardedBackend(pool._network_backend, self._policy)
         return httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(cfg.timeout_s),
@@ -430,7 +515,22 @@ class Downloader:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def fetch(self, job: ImageJob) -> ImageResult:
-        """Fetch (or read) one image, verify and store it. Never raises for a bad image; the result says."""
+        """Fetch (or read) one image, verify and store it. Never raises for a bad image or value; the result
+        says what happened (an unforeseen error is `unexpected_error`, with its type and message)."""
+        source = job.source
+        if isinstance(source, str) and len(urlsplit(source.strip()).scheme) > 1:  # a URL (not C:\...)
+            start, key = time.monotonic(), source.strip()
+            shared = self._shared.get(key)
+            if shared is None:  # the first job with this URL fetches it; later ones reuse its outcome
+                if len(self._shared) >= _SHARED_MAX:
+                    del self._shared[next(iter(self._shared))]
+                shared = self._shared[key] = asyncio.ensure_future(self._fetch(job))
+                return await asyncio.shield(shared)
+            first = await asyncio.shield(shared)
+            return replace(first, row_id=job.row_id, url=source, attempts=0, seconds=time.monotonic() - start)
+        return await self._fetch(job)
+
+    async def _fetch(self, job: ImageJob) -> ImageResult:
         start = time.monotonic()
         trace = {"attempts": 0, "status": None, "bytes": 0}
         source, label = job.source, ""
@@ -441,11 +541,11 @@ class Downloader:
                 data, label = bytes(source), f"<embedded image, {len(source)} bytes>"
             elif isinstance(source, str | os.PathLike):
                 label = os.fspath(source)
-                scheme = urlsplit(label).scheme
+                scheme = urlsplit(label.strip()).scheme
                 if len(scheme) > 1:  # a URL (a one-letter scheme is a Windows drive)
                     data = await self._download(self._check(label), trace)
                 else:
-                    data = await self._read_local(Path(label))
+                    data = await self._read_local(label)
             else:
                 raise _Failure("invalid_image", f"unsupported image value of type {type(source).__name__}")
             trace["bytes"] = len(data)
@@ -457,6 +557,13 @@ class Downloader:
                 job.row_id, label, "failed", failure.reason, failure.detail, trace["status"],
                 bytes=trace["bytes"], attempts=trace["attempts"], seconds=time.monotonic() - start,
                 transient=failure.transient,
+            )  # fmt: skip
+        except Exception as exc:  # a bug or a case nobody foresaw: this row's result, never the run's end
+            detail = f"{type(exc).__name__}: {exc} (please report this as a productlens bug)"
+            return ImageResult(
+                job.row_id, label or repr(source)[:200], "failed", "unexpected_error", detail[:500],
+                trace["status"], bytes=trace["bytes"], attempts=trace["attempts"],
+                seconds=time.monotonic() - start,
             )  # fmt: skip
         return ImageResult(
             job.row_id, label, "ok", http_status=trace["status"], sha256=sha, path=str(path), width=width,
@@ -474,25 +581,27 @@ class Downloader:
         sha, path = store(out, ext, self.images_dir)
         return sha, path, width, height, len(out)
 
-    async def _read_local(self, path: Path) -> bytes:
-        if self.base_dir is None:
-            raise _Failure("unsafe_url", f"local path {path} refused: this catalog is not a local file")
-        path = path if path.is_absolute() else self.base_dir / path
+    async def _read_local(self, label: str) -> bytes:
+        """A local image: inside the catalog's folder or an image root, a regular file, at most max_bytes."""
+        roots = [
+            Path(r) for r in ((self.base_dir,) if self.base_dir else ()) + tuple(self.config.image_roots)
+        ]
+        if not roots:
+            raise _Failure("unsafe_url", f"local path {label} refused: this catalog is not a local file")
         try:
-            size = path.stat().st_size
-            if size > self.config.max_bytes:
-                raise _Failure(
-                    "invalid_image", f"{path} is {size} bytes, above the {self.config.max_bytes} cap"
-                )
-            return await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            raise _Failure("download_failed", f"cannot read {path}: {exc.strerror or exc}") from None
+            path = Path(label) if Path(label).is_absolute() else roots[0] / label
+            real = path.resolve()
+            if not any(real.is_relative_to(root.resolve()) for root in roots):
+                raise _Failure("unsafe_url", f"local path {label} refused: it is outside {roots[0]}; pass "
+                               "image_roots (--image-root FOLDER) to allow the folder it is in")  # fmt: skip
+            return await asyncio.to_thread(_read_regular, real, self.config.max_bytes)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise _Failure("download_failed", f"cannot read {label}: {why}") from None
 
     def _check(self, url: str) -> httpx.URL:
         try:
-            return check_url(
-                url, allow_private=self.config.allow_private, allow_hosts=self.config.allow_hosts
-            )
+            return _check_url(url, self._policy)
         except UnsafeURL as exc:
             raise _Failure("unsafe_url", str(exc)) from None
 
@@ -542,7 +651,7 @@ class Downloader:
                 async with semaphore, self._clients[pool].stream("GET", parsed) as response:
                     trace["status"] = response.status_code
                     if response.is_redirect:
-                        parsed = self._check(str(parsed.join(response.headers["location"])))
+                        parsed = self._check(self._location(parsed, response))
                         continue
                     return await self._body(response, trace)
             except UnsafeURL as exc:
@@ -556,6 +665,21 @@ class Downloader:
             finally:
                 self._busy[pool] -= 1
         raise _Failure("download_failed", f"more than {cfg.max_redirects} redirects")
+
+    @staticmethod
+    def _location(url: httpx.URL, response: httpx.Response) -> str:
+        location = response.headers.get("location", "").strip()
+        if not location:
+            raise _Failure(
+                "download_failed", f"HTTP {response.status_code} redirect without a Location header"
+            )
+        if urlsplit(location).scheme:  # absolute: checked as it is (data:, file:, javascript: are refused)
+            return location
+        try:
+            return str(url.join(location))
+        except (httpx.InvalidURL, ValueError) as exc:
+            why = f"the redirect's Location {location[:200]!r} is not a valid URL ({exc})"
+            raise _Failure("unsafe_url", why) from None
 
     async def _body(self, response: httpx.Response, trace: dict) -> bytes:
         cfg, status = self.config, response.status_code
@@ -578,6 +702,21 @@ class Downloader:
             if len(body) > cfg.max_bytes:
                 raise _Failure("download_failed", f"body larger than the {cfg.max_bytes} byte cap")
         return bytes(body)
+
+
+def _read_regular(path: Path, cap: int) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `cap` bytes (never blocks on a FIFO or device)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Failure("unsafe_url", f"local path {path} refused: not a regular file (a device, FIFO...)")
+        if info.st_size > cap:
+            raise _Failure("invalid_image", f"{path} is {info.st_size} bytes, above the {cap} byte cap")
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise _Failure("invalid_image", f"{path} is over the {cap} byte cap")
+    return data
 
 
 def download_images(

@@ -11,7 +11,6 @@ import csv
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from productlens.catalog.download import DownloadConfig, Downloader, ImageJob, run_blocking
 from productlens.catalog.schema import MISSING, ColumnMap
 from productlens.files import write_atomic
-from productlens.prices import read_separated
+from productlens.prices import read_price
 
 if TYPE_CHECKING:
     import datasets
@@ -36,10 +35,11 @@ REASONS = (  # why a row is rejected; a row with several problems gets the first
     "no_image",  # the image value is missing, empty or N.A.
     "empty_title",
     "bad_price",  # missing, unparseable, ambiguous or not positive
-    "unsafe_url",  # a scheme other than http(s), credentials, or a non-public address
+    "unsafe_url",  # not a valid http(s) URL, credentials, a non-public address, a local path outside the roots
     "download_failed",  # HTTP error, timeout, too large, unreadable file... (detail says which)
-    "invalid_image",  # not a complete JPEG/PNG/WEBP/GIF, HTML instead of an image, a decompression bomb
+    "invalid_image",  # not a complete image of a kind we read, HTML instead of an image, a decompression bomb
     "duplicate",  # the same image bytes as an earlier ok row (detail names it); colour variants are not
+    "unexpected_error",  # a case nobody foresaw (detail has the error): recorded for the row, the run goes on
 )
 SPLITS = ("train", "validation", "test")
 CHUNK_ROWS = 1000  # catalog rows read at a time: memory stays flat however long the catalog is
@@ -86,43 +86,10 @@ class PrepareResult:
 
 
 # ---- fields -----------------------------------------------------------------------------------------------
-_CURRENCY = r"(?:[A-Za-z]{1,3}\s?[$€£¥₩₹]?|[$€£¥₩₹][A-Za-z]{0,3})?"  # USD, US$, $, €, EUR, HK$
-_PRICE = re.compile(rf"\s*{_CURRENCY}\s*(?P<num>[+-]?\d(?:[\d.,'’ \u00a0\u202f]*\d)?)\s*{_CURRENCY}\s*")
-
-
 def parse_price(value: object) -> float:
-    """A price as a float; raises ValueError saying why for missing, ambiguous or non-positive prices.
-
-    Numbers are taken as they are. In text, a currency code or symbol may come before or after; spaces and
-    apostrophes group thousands. With both "." and "," the last one is the decimal mark ("$1,290.00",
-    "1.290,00"). One kind repeated groups thousands ("1,290,000"). One single separator followed by exactly
-    three digits after 1-3 digits (not "0") groups thousands ("1,290" and "1.290" are 1290); otherwise it is
-    the decimal mark ("12,5" is 12.5, "0.500" is 0.5). Separators that break these rules are rejected.
-    """
-    if value is None or isinstance(value, bool):
-        raise ValueError("missing")
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        if math.isnan(number):
-            raise ValueError("missing")
-    else:
-        text = str(value).strip()
-        if not text or text.upper() == MISSING:
-            raise ValueError("missing")
-        match = _PRICE.fullmatch(text)
-        if match is None:
-            raise ValueError(f"not a price: {text!r}")
-        number = _parse_number(re.sub(r"['’ \u00a0\u202f]", "", match["num"]), text)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"not a positive price: {value!r}")
-    return number
-
-
-def _parse_number(num: str, text: str) -> float:
-    value = read_separated(num.lstrip("+-"))
-    if value is None:
-        raise ValueError(f"ambiguous separators in {text!r}")
-    return -value if num.startswith("-") else value
+    """A catalog price cell -> float, by the one rule in `productlens.prices` (the answer parser uses it too);
+    raises ValueError saying why for missing, ambiguous or non-positive prices."""
+    return read_price(value)
 
 
 def group_key(title: str, price: float) -> str:
@@ -166,7 +133,17 @@ def _label(image: object) -> str:
 
 
 def _judge(idx: int, row: Mapping, columns: ColumnMap) -> dict:
-    """The checks that need no network: a state record, with a `reason` when the row is rejected already."""
+    """The checks that need no network: a state record, with a `reason` when the row is rejected already.
+    Never raises: an error nobody foresaw becomes the row's `unexpected_error`."""
+    try:
+        return _checks(idx, row, columns)
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc)[:300]} (please report this as a productlens bug)"
+        return {"idx": idx, "id": str(idx), "image": "", "title": "", "category": MISSING,
+                "reason": "unexpected_error", "detail": detail}  # fmt: skip
+
+
+def _checks(idx: int, row: Mapping, columns: ColumnMap) -> dict:
     image = row.get(columns.image)
     record = {"idx": idx, "id": _text(row.get(columns.id)) or str(idx), "image": _label(image),
               "title": _text(row.get(columns.title)),
@@ -193,7 +170,34 @@ class _Source:
 
 
 def _open_source(source: str | os.PathLike, chunk_rows: int) -> _Source:
+    """The catalog, checked enough to start; problems with the file as a whole raise PrepareError."""
     path = Path(source)
+    if path.is_file() and path.stat().st_size == 0:
+        raise PrepareError(f"{path} is empty (0 bytes); pass the catalog file itself")
+    try:
+        src = _open(path, source, chunk_rows)
+    except (ValueError, OSError) as exc:
+        raise _unreadable(str(source), exc) from None
+    chunks = src.chunks
+
+    def checked() -> Iterator[list[dict]]:  # reading errors later in the file stop the run the same way
+        try:
+            yield from chunks()
+        except (ValueError, OSError) as exc:
+            raise _unreadable(src.name, exc) from None
+
+    return _Source(src.name, src.base_dir, src.total, src.columns, checked)
+
+
+def _unreadable(name: str, exc: Exception) -> PrepareError:
+    if isinstance(exc, UnicodeDecodeError):
+        return PrepareError(f"{name} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                            "(e.g. \"CSV UTF-8\" in Excel) and run again")  # fmt: skip
+    return PrepareError(f"cannot read the catalog {name} ({type(exc).__name__}: {str(exc)[:300]}); fix the "
+                        "file (a CSV row with more fields than the header needs quotes) and run again")  # fmt: skip
+
+
+def _open(path: Path, source: str | os.PathLike, chunk_rows: int) -> _Source:
     if path.is_dir():
         if not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
             raise PrepareError(f"{path} is a folder but not a `datasets` save_to_disk folder")
@@ -383,12 +387,11 @@ def prepare_catalog(
     config = download or DownloadConfig(
         allow_private=allow_private, concurrency=concurrency, max_side=max_side
     )
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(out_dir)
     with _Locked(out):
         src = _open_source(source, chunk_rows)
         _check_columns(src, columns)
-        state = _State(out / "state.sqlite")
+        state = _state(out)
         settings = {"source": src.name, "columns": asdict(columns), "shard": list(shard) if shard else None,
                     "max_side": config.max_side, "max_pixels": config.max_pixels}  # fmt: skip
         if state.get("settings") not in (None, settings):
@@ -397,8 +400,30 @@ def prepare_catalog(
         state.set(settings=settings, complete=False)
         shutil.rmtree(out / "images" / ".tmp", ignore_errors=True)  # partial files of a killed run
         scanned = run_blocking(_scan(src, state, out, columns, config, shard, progress))
+        if scanned["catalog_rows"] == 0:
+            raise PrepareError(f"{src.name} holds no rows; pass a catalog with at least one product")
         state.set(complete=True, **scanned)
         return _finalise(out, state, ratios, seed, shard, started, progress)
+
+
+def _out_folder(out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PrepareError(f"cannot use {out} as the output folder ({exc.strerror or exc}); pass --out a "
+                           "folder you can write to") from None  # fmt: skip
+    return out
+
+
+def _state(out: Path) -> _State:
+    try:
+        return _State(out / "state.sqlite")
+    except sqlite3.Error as exc:
+        raise PrepareError(f"cannot open {out / 'state.sqlite'} ({exc}); use a new --out folder") from None
 
 
 def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
@@ -452,13 +477,18 @@ async def _scan(
                     bar.update()
                     continue
                 record = _judge(idx, row, columns)
+                if "reason" not in record:
+                    try:
+                        plain = {key: _plain(value) for key, value in row.items()}
+                        record["row_json"] = json.dumps(plain, default=str)
+                    except Exception as exc:  # a cell JSON cannot hold: this row's problem only
+                        record.update(reason="unexpected_error", detail=f"{type(exc).__name__}: {exc}"[:300])
                 if "reason" in record:
                     rejects.append({**record, "status": "rejected"})
                     tally["rejected"] += 1
                     bar.update()
                     continue
-                plain = {key: _plain(value) for key, value in row.items()}
-                waiting[idx] = {**record, "row_json": json.dumps(plain, default=str)}
+                waiting[idx] = record
                 yield ImageJob(str(idx), row[columns.image])
             state.put(rejects)
 
