@@ -1,8 +1,32 @@
-"""The shared separator rule: thousands groups, the decimal mark, and where strict and lenient reading differ."""
+"""The one price rule on the shared table (also run through the catalog and the answer parser), the separator
+rule underneath it, and why productlens does not use the `price-parser` library."""
 
 import pytest
+from price_table import PRICE_TABLE
 
-from productlens.prices import read_separated
+from productlens.prices import read_price, read_separated
+
+
+@pytest.mark.parametrize(("text", "value"), PRICE_TABLE)
+def test_the_shared_table(text, value):
+    if value is None:
+        with pytest.raises(ValueError, match=r"missing|not a|ambiguous"):
+            read_price(text)
+    else:
+        assert read_price(text) == value
+
+
+@pytest.mark.parametrize(("number", "value"), [(2490, 2490.0), (12.5, 12.5), (0, 0.0)])
+def test_numbers_are_taken_as_they_are(number, value):
+    from decimal import Decimal
+
+    assert read_price(number) == read_price(Decimal(str(number))) == value
+
+
+@pytest.mark.parametrize("number", [10**400, float("inf"), -1, float("nan"), None, True])
+def test_numbers_that_are_not_prices(number):
+    with pytest.raises(ValueError, match=r"not a finite|not a positive|missing"):
+        read_price(number)
 
 
 @pytest.mark.parametrize(

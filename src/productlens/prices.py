@@ -12,7 +12,8 @@ The rule for text (the whole text must be one price):
   thousands when exactly three digits follow 1-3 digits not starting with "0" ("1,290", "1.290"), else it is the
   decimal mark ("12,5", "0.500"). Anything else is ambiguous ("2,490.00.00", "1.290,00.00", "1.2.3").
 - A trailing ",-" or ".-" means no cents ("1.290,-").
-Numbers (int, float, Decimal) are taken as they are. Every price must be finite and above zero.
+Numbers (int, float, Decimal) are taken as they are. Every price must be finite and not negative (the catalog
+also refuses 0: a product has a price; a model that answers 0 is read, and scored, as saying 0).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ _PRICE = re.compile(
 
 
 def read_price(value: object) -> float:
-    """A price -> its value; raises ValueError saying why ("missing", "not a price", "ambiguous ...", "not a
-    positive price") for anything the rule above does not read."""
+    """A price -> its value (>= 0); raises ValueError saying why ("missing", "not a price", "ambiguous ...",
+    "not a finite price", "not a positive price") for anything the rule above does not read."""
     if value is None or isinstance(value, bool):
         raise ValueError("missing")
     if isinstance(value, numbers.Real | Decimal):
@@ -63,7 +64,7 @@ def read_price(value: object) -> float:
             number = -number
     if not math.isfinite(number):
         raise ValueError(f"not a finite price: {str(value)[:40]}")
-    if number <= 0:
+    if number < 0:
         raise ValueError(f"not a positive price: {str(value)[:80]!r}")
     return number
 

@@ -445,7 +445,10 @@ def test_webp_is_reencoded_as_jpeg():
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (b"<!doctype html><html></html>", r"not a JPEG \(and MPO\), PNG, WebP, GIF, AVIF or HEIC image \(HTML"),
+        (
+            b"<!doctype html><html></html>",
+            r"not a JPEG \(and MPO\), PNG, WebP, GIF, AVIF or HEIC image \(HTML",
+        ),
         (b"BM" + bytes(100), r"not a JPEG.*\(a BMP image\)"),  # a real format, but not one we decode
         (jpeg(4)[:300], "truncated|cannot decode"),
         (bomb_png(), "bomb"),

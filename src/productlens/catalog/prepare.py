@@ -89,7 +89,10 @@ class PrepareResult:
 def parse_price(value: object) -> float:
     """A catalog price cell -> float, by the one rule in `productlens.prices` (the answer parser uses it too);
     raises ValueError saying why for missing, ambiguous or non-positive prices."""
-    return read_price(value)
+    price = read_price(value)
+    if price == 0:
+        raise ValueError(f"not a positive price: {str(value)[:80]!r}")
+    return price
 
 
 def group_key(title: str, price: float) -> str:
