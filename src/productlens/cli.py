@@ -69,6 +69,12 @@ def synth(
 
 
 # ---- prepare ----------------------------------------------------------------------------------------------
+ALLOW_HOST_HELP = (
+    "Let URLs reach this private host: NAME, NAME:PORT, IP or CIDR such as 10.0.0.0/8 (repeatable). "
+    "The only way to reach link-local / cloud metadata addresses."
+)
+
+
 @app.command()
 def prepare(
     sources: Annotated[
@@ -94,6 +100,13 @@ def prepare(
     category_col: Annotated[str, typer.Option(help="Column with the category.")] = "category3_code",
     price_col: Annotated[str, typer.Option(help="Column with the price.")] = "full_price",
     id_col: Annotated[str, typer.Option(help="Column with the product id.")] = "product_code",
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help=ALLOW_HOST_HELP)] = None,
+    image_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image-root", help="Folder local image paths may lie in, besides the catalog's (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Download, verify and split a catalog into a training-ready dataset (resumable, leak-free splits).
 
@@ -124,8 +137,10 @@ def prepare(
                 allow_private=allow_private,
                 concurrency=concurrency,
                 max_side=max_side,
+                allow_hosts=allow_host or (),
+                image_roots=image_root or (),
             )
-    except p.PrepareError as exc:
+    except (p.PrepareError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(result.summary())
@@ -253,6 +268,7 @@ def predict(
     categories_from: Annotated[
         Path | None, typer.Option(help="With --constrain: only the training categories of this folder.")
     ] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help=ALLOW_HOST_HELP)] = None,
 ) -> None:
     """Read title, category and price from product photos: files, folders or URLs in, JSONL or CSV out.
 
@@ -278,12 +294,17 @@ def predict(
             else:
                 options["constraints"] = Constraints(price=True)
         predictor = Predictor.load(model, adapter=adapter, **options)
-        summary = predict_inputs(predictor, inputs, out, allow_private=allow_private)
+        summary = predict_inputs(
+            predictor, inputs, out, allow_private=allow_private, allow_hosts=allow_host or ()
+        )
     except (ValueError, OSError, PrepareError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     where = f" -> {summary.out}" if summary.out else ""
-    typer.echo(f"{summary.rows} photos: {summary.succeeded} read, {summary.failed} failed{where}", err=True)
+    skipped = f", {summary.skipped} skipped (not images; reasons in the output)" if summary.skipped else ""
+    typer.echo(
+        f"{summary.rows} inputs: {summary.succeeded} read, {summary.failed} failed{skipped}{where}", err=True
+    )
     if summary.succeeded == 0:
         raise typer.Exit(1)
 
@@ -321,6 +342,7 @@ def serve(
         bool,
         typer.Option("--allow-private-urls", help="Let JSON photo URLs reach loopback/private addresses."),
     ] = False,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help=ALLOW_HOST_HELP)] = None,
 ) -> None:
     """Serve the model: a web page to drop photos on (/) and an HTTP API (POST /v1/predict, schema at /openapi.json).
 
@@ -343,6 +365,7 @@ def serve(
             **{k: v for k, v in given.items() if v is not None},
             allow_private_urls=allow_private_urls,
             token=token or None,
+            allow_hosts=frozenset(allow_host or ()),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -31,7 +31,6 @@ from productlens.task.constrain import AnswerGrammar, Constraints, TemplateConst
 from productlens.task.parse import parse_answer
 from productlens.task.prompts import AnswerTemplate
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # what a folder yields
 OUTPUT_COLUMNS = ("input", "title", "category", "price", "raw_text", "failures", "seconds", "error")
 
 
@@ -413,23 +412,25 @@ class PredictSummary:
     succeeded: int
     failed: int
     out: Path | None  # None: JSONL went to stdout
+    skipped: int = 0  # files in folders that are not images (each still has its row, with the reason)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Photos, folders (searched recursively for IMAGE_SUFFIXES, sorted) and URLs -> one entry per photo.
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """Photos, folders (every file, recursively, sorted) and URLs -> (entry, None), or (file, why it is skipped).
 
-    Entries that are neither stay in the list, so that they are reported as errors in order.
+    Folder files count as photos by content, never by name (`catalog.imagetypes`: JPEG, MPO, PNG, WebP, GIF,
+    AVIF, HEIC with pillow-heif, extensionless CDN files too). Named entries that are neither a photo nor a
+    folder stay in, so that they are reported as errors in order.
     """
-    out: list[str] = []
+    from productlens.catalog.imagetypes import list_folder
+
+    out: list[tuple[str, str | None]] = []
     for item in inputs:
         text = str(item)
-        path = Path(text)
-        if "://" not in text and path.is_dir():
-            out += sorted(
-                str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+        if "://" not in text and Path(text).is_dir():
+            out += list_folder(text)
         else:
-            out.append(text)
+            out.append((text, None))
     return out
 
 
@@ -493,6 +494,7 @@ def predict_inputs(
     allow_private: bool = False,
     chunk: int = 64,
     progress: bool = True,
+    allow_hosts: Iterable[str] = (),
 ) -> PredictSummary:
     """Photos / folders / URLs -> predictions in `out` (.jsonl or .csv; None: JSONL on stdout).
 
@@ -502,19 +504,27 @@ def predict_inputs(
     """
     from tqdm import tqdm
 
-    entries = expand_inputs(inputs)
-    if not entries:
+    listed = expand_inputs(inputs)
+    if not listed:
         raise ValueError("no inputs: pass photo files, folders with photos, or http(s) URLs")
+    entries = [entry for entry, why in listed if why is None]
+    skipped = [(entry, why) for entry, why in listed if why is not None]
     path = Path(out) if out is not None else None
     kind = _output_kind(path)
     succeeded = failed = 0
+    from productlens.catalog.download import DownloadConfig
+
+    config = DownloadConfig(allow_hosts=frozenset(allow_hosts))
     with (
         _RowWriter(path, kind) as writer,
         tqdm(total=len(entries), unit="photo", disable=not progress) as bar,
     ):
+        for entry, why in skipped:  # every file left out is listed, with its reason
+            bar.write(f"skipped: {entry}: {why}", file=sys.stderr)
+            writer.write({"input": entry, **_empty_prediction(), "error": f"skipped: {why}"})
         for start in range(0, len(entries), chunk):
             part = entries[start : start + chunk]
-            loaded = read_inputs(part, allow_private=allow_private)
+            loaded = read_inputs(part, allow_private=allow_private, config=config)
             good = [i for i, item in enumerate(loaded) if isinstance(item, Image.Image)]
             predictions = dict(
                 zip(good, predictor.predict([loaded[i] for i in good], batch_size), strict=True)
@@ -529,7 +539,7 @@ def predict_inputs(
                     writer.write({"input": entry, **_empty_prediction(), "error": message})
                     failed += 1
             bar.update(len(part))
-    return PredictSummary(len(entries), succeeded, failed, path)
+    return PredictSummary(len(listed), succeeded, failed, path, skipped=len(skipped))
 
 
 def _empty_prediction() -> dict[str, Any]:

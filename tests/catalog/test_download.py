@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import sys
 import time
 
@@ -477,3 +478,166 @@ def test_sync_api_also_works_inside_a_running_event_loop(tmp_path):
 
     [result] = asyncio.run(notebook_cell())
     assert result.status == "ok" and result.sha256 == hashlib.sha256(jpeg(7)).hexdigest()
+
+
+# ---- hostile URLs and local paths: each a result for its row, never an exception -------------------------
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("http://example.com:99999/a.jpg", "not a valid URL"),
+        ("http://example.com:abc/a.jpg", "not a valid URL"),
+        ("http://example.com:-1/a.jpg", "not a valid URL"),
+        ("http://example.com:0/a.jpg", "port 0"),
+        ("http://[::1/a.jpg", "not a valid URL"),
+        ("http://exa mple.com/a.jpg", "spaces"),
+        ("http://10.0.0.1./a.jpg", "private"),  # a trailing dot spells the same IP
+        ("http://0x7f.1./a.jpg", "loopback"),
+        ("http://[fe80::1]/a.jpg", "link-local"),
+    ],
+)
+def test_hostile_urls_are_refused_with_a_reason_and_no_connection(url, match, tmp_path, connects):
+    with pytest.raises(UnsafeURL, match=match):
+        check_url(url)
+    result = fetch_one(url, tmp_path, DownloadConfig())
+    assert (result.status, result.reason, result.attempts) == ("failed", "unsafe_url", 0)
+    assert re.search(match, result.detail) and connects == []
+
+
+def test_spaces_around_a_url_are_dropped_as_browsers_do(folder, tmp_path):
+    with ImageServer(folder) as srv:
+        result = fetch_one(f"  {srv.url('/images/13.jpg')}\t\n", tmp_path)
+    assert result.status == "ok" and result.sha256 == hashlib.sha256(jpeg(13)).hexdigest()
+
+
+METADATA = ["169.254.169.254", "[fe80::1]", "[::ffff:169.254.169.254]", "[fd00:ec2::254]", "100.100.100.200"]
+
+
+@pytest.mark.parametrize("host", METADATA)
+def test_link_local_and_metadata_stay_refused_under_allow_private(host, tmp_path, connects):
+    result = fetch_one(f"http://{host}/latest/meta-data/", tmp_path, DownloadConfig(allow_private=True))
+    assert (result.reason, result.attempts) == ("unsafe_url", 0) and "--allow-host" in result.detail
+    assert "metadata" in result.detail and connects == []
+    check_url(f"http://{host}/x", allow_hosts={host.strip("[]")})  # naming it is the one way in
+    check_url(f"http://{host}/x", allow_private=True, allow_hosts={"169.254.0.0/16", "fe80::/10", host})
+
+
+def test_allow_hosts_names_cidrs_and_ports(tmp_path):
+    cidr = {"10.0.0.0/8"}
+    check_url("http://10.1.2.3/a.jpg", allow_hosts=cidr)
+    check_url("http://10.1.2.3./a.jpg", allow_hosts=cidr)
+    with pytest.raises(UnsafeURL, match="--allow-host"):
+        check_url("http://192.168.1.1/a.jpg", allow_hosts=cidr)
+    with pytest.raises(UnsafeURL, match="link-local"):
+        check_url("http://169.254.169.254/", allow_hosts=cidr, allow_private=True)
+    check_url("http://[fd00::5]:8080/a.jpg", allow_hosts={"[fd00::5]:8080"})
+    with pytest.raises(UnsafeURL):
+        check_url("http://[fd00::5]:8081/a.jpg", allow_hosts={"[fd00::5]:8080"})
+    for bad in ("not a host!", "10.0.0.0/33", "cdn.local:99999"):
+        with pytest.raises(ValueError, match="allowed host"):
+            DownloadConfig(allow_hosts=frozenset({bad}))
+
+
+def test_an_allowed_host_name_is_fetched_and_others_are_refused_before_connecting(folder, tmp_path, connects):
+    with ImageServer(folder) as srv:
+        port = srv.base_url.rsplit(":", 1)[1]
+        ok = fetch_one(f"http://localhost:{port}/images/14.jpg", tmp_path, config(allow_private=False,
+                       allow_hosts=frozenset({"localhost"})))  # fmt: skip
+        assert ok.status == "ok"
+        connects.clear()
+        cfg = config(allow_private=False, allow_hosts=frozenset({"127.0.0.2"}))
+        refused = fetch_one(f"http://localhost:{port}/images/15.jpg", tmp_path, cfg)
+        assert refused.reason == "unsafe_url" and "resolves to" in refused.detail and connects == []
+
+
+def test_redirect_without_location_and_to_data_urls(folder, tmp_path):
+    faults = {"/data": "redirect:data:image/png;base64,iVBORw0KGgo=", "/js": "redirect:javascript:alert(1)",
+              "/port": "redirect:http://127.0.0.1:99999/a.jpg"}  # fmt: skip
+    with ImageServer(folder, faults=faults) as srv:
+        results = {
+            name: fetch_one(srv.url(path), tmp_path)
+            for name, path in [("none", "/fault/no-location/images/1.jpg"), *((p[1:], p) for p in faults)]
+        }
+    assert (results["none"].reason, results["none"].http_status) == ("download_failed", 302)
+    assert "without a Location" in results["none"].detail and results["none"].attempts == 1
+    assert results["data"].reason == results["js"].reason == results["port"].reason == "unsafe_url"
+    assert "scheme data:" in results["data"].detail and "not a valid URL" in results["port"].detail
+
+
+def test_a_url_shared_by_many_jobs_is_fetched_once(folder, tmp_path):
+    with ImageServer(folder) as srv:
+        url = srv.url("/images/16.jpg")
+        jobs = [ImageJob(str(i), url if i % 2 else f" {url}") for i in range(10_000)]
+        results = download_images(jobs, tmp_path, config(concurrency=64))
+        assert srv.requests["/images/16.jpg"] == 1
+    assert len(results) == 10_000 and {r.status for r in results} == {"ok"}
+    assert sorted(int(r.row_id) for r in results) == list(range(10_000))
+    assert sum(r.attempts for r in results) == 1 and len({r.path for r in results}) == 1
+
+
+def test_local_paths_are_confined_regular_and_capped(tmp_path, connects):
+    import os
+
+    cat, other = tmp_path / "cat", tmp_path / "other"
+    cat.mkdir(), other.mkdir()
+    (cat / "a.jpg").write_bytes(jpeg(30))
+    (other / "b.jpg").write_bytes(jpeg(31))
+    (tmp_path / "secret.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (cat / "big.jpg").write_bytes(jpeg(32) + bytes(300_000))
+    os.mkfifo(cat / "pipe.jpg")
+    os.symlink(tmp_path / "secret.txt", cat / "link.jpg")
+    jobs = {
+        "ok": "a.jpg",
+        "dotdot": "../secret.txt",
+        "absolute": str(tmp_path / "secret.txt"),
+        "passwd": "/etc/passwd",
+        "zero": "/dev/zero",
+        "fifo": "pipe.jpg",
+        "dir": ".",
+        "symlink-out": "link.jpg",
+        "big": "big.jpg",
+        "other": str(other / "b.jpg"),
+        "nul": "a\0.jpg",
+    }
+    run = [ImageJob(k, v) for k, v in jobs.items()]
+    start = time.monotonic()
+    got = {
+        r.row_id: r for r in download_images(run, tmp_path / "out", config(max_bytes=200_000), base_dir=cat)
+    }
+    assert time.monotonic() - start < 10  # nothing hangs on the FIFO or reads /dev/zero forever
+    reasons = {k: got[k].reason for k in jobs}
+    assert reasons == {
+        "ok": "", "dotdot": "unsafe_url", "absolute": "unsafe_url", "passwd": "unsafe_url", "zero": "unsafe_url",
+        "fifo": "unsafe_url", "dir": "unsafe_url", "symlink-out": "unsafe_url", "big": "invalid_image",
+        "other": "unsafe_url", "nul": "download_failed",
+    }  # fmt: skip
+    assert "not a regular file" in got["fifo"].detail and "--image-root" in got["dotdot"].detail
+    assert all("root:x" not in r.detail for r in got.values())  # contents are never quoted
+    # a folder the user names is allowed, and even then only regular files are read
+    roots = config(max_bytes=200_000, image_roots=(str(other), "/dev"))
+    named = {r.row_id: r for r in download_images(run, tmp_path / "out", roots, base_dir=cat)}
+    assert named["other"].status == "ok" and named["zero"].reason == "unsafe_url"
+    assert "not a regular file" in named["zero"].detail and connects == []
+
+
+def test_an_unforeseen_error_is_the_rows_result(tmp_path, monkeypatch):
+    import productlens.catalog.download as dl
+
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(dl, "store", broken)
+    [result] = download_images([ImageJob("r", jpeg(33))], tmp_path, config())
+    assert (result.status, result.reason) == ("failed", "unexpected_error") and "KeyError" in result.detail
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "MPO"])
+def test_phone_and_modern_formats_are_decoded_by_content(fmt):
+    frames = [Image.new("RGB", (12, 8), (200, 30, 30)), Image.new("RGB", (12, 8), (0, 0, 200))]
+    data = (
+        encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+        if fmt == "MPO"
+        else encode(frames[0], fmt)
+    )
+    out, ext, w, h = normalise_image(data)
+    r, _, b = decoded(out).getpixel((6, 4))
+    assert (ext, w, h) == (".jpg", 12, 8) and r > 150 and b < 80  # the first frame, as RGB JPEG

@@ -132,6 +132,8 @@ def test_redirects(server):
     assert r.status_code == 302 and r.headers["location"] == "/fault/redirect-loop/images/a.jpg"
     r = httpx.get(server.url("/go"))
     assert r.status_code == 302 and r.headers["location"] == "/images/a.jpg"
+    r = httpx.get(server.url("/images/a.jpg", "no-location"))
+    assert r.status_code == 302 and "location" not in r.headers
 
 
 @pytest.mark.parametrize("fault", ["huge", "huge-declared"])
@@ -161,8 +163,38 @@ def test_every_fault_is_documented():
         "html",
         "bomb",
         "redirect-loop",
+        "no-location",
         "huge",
     } <= set(FAULTS)
+
+
+def drip(url: str, every_s: float, limit_s: float) -> float:
+    """Send a request head one byte per `every_s`; seconds until the server closes (or `limit_s`)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    head = b"GET /images/a.jpg HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"y" * 1000
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=limit_s) as sock:
+        for byte in head:
+            try:
+                sock.sendall(bytes([byte]))
+                sock.settimeout(every_s)
+                if sock.recv(1) == b"":  # closed by the server
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            if time.monotonic() - start > limit_s:
+                break
+    return time.monotonic() - start
+
+
+def test_a_slow_drip_request_head_is_cut_off(folder):
+    with ImageServer(folder, header_timeout_s=0.6) as srv:
+        assert drip(srv.base_url, every_s=0.1, limit_s=10) < 3  # without the deadline: until limit_s
+        assert httpx.get(srv.url("/images/a.jpg")).status_code == 200  # and it goes on serving
 
 
 def test_stop_releases_idle_keep_alive_connections(folder):

@@ -14,6 +14,7 @@ import io
 import ipaddress
 import os
 import random
+import re
 import socket
 import ssl
 import stat
@@ -47,6 +48,8 @@ _SHARED_MAX = 100_000  # URLs whose outcome a Downloader remembers, so that repe
 _OCTET = "application/octet-stream", "binary/octet-stream"
 _CONNECTIONS_PER_POOL = 8  # see Downloader.__aenter__
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_LOCATION = "x-productlens-location"  # where Location is kept, out of httpx's sight (see _hide_location)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ class HostPolicy:
         ip = _literal_ip(text)
         if ip is not None:
             self.networks.append((ipaddress.ip_network(ip), port))
-        elif text and all(part and len(part) < 64 for part in text.split(".")) and " " not in text:
+        elif re.fullmatch(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*", text):
             self.names.add((text, port))
         else:
             raise ValueError(
@@ -483,6 +486,7 @@ class Downloader:
             headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5"},
             follow_redirects=False,  # redirects are followed by hand, re-checking every hop
             trust_env=False,  # no proxies or .netrc from the environment for URLs that come from data
+            event_hooks={"response": [_hide_location]},
         )
 
     async def __aexit__(self, *exc: object) -> None:
@@ -518,7 +522,7 @@ class Downloader:
         """Fetch (or read) one image, verify and store it. Never raises for a bad image or value; the result
         says what happened (an unforeseen error is `unexpected_error`, with its type and message)."""
         source = job.source
-        if isinstance(source, str) and len(urlsplit(source.strip()).scheme) > 1:  # a URL (not C:\...)
+        if isinstance(source, str) and _is_url(source):
             start, key = time.monotonic(), source.strip()
             shared = self._shared.get(key)
             if shared is None:  # the first job with this URL fetches it; later ones reuse its outcome
@@ -541,8 +545,7 @@ class Downloader:
                 data, label = bytes(source), f"<embedded image, {len(source)} bytes>"
             elif isinstance(source, str | os.PathLike):
                 label = os.fspath(source)
-                scheme = urlsplit(label.strip()).scheme
-                if len(scheme) > 1:  # a URL (a one-letter scheme is a Windows drive)
+                if isinstance(label, str) and _is_url(label):
                     data = await self._download(self._check(label), trace)
                 else:
                     data = await self._read_local(label)
@@ -650,7 +653,7 @@ class Downloader:
             try:
                 async with semaphore, self._clients[pool].stream("GET", parsed) as response:
                     trace["status"] = response.status_code
-                    if response.is_redirect:
+                    if response.status_code in _REDIRECT_STATUS:
                         parsed = self._check(self._location(parsed, response))
                         continue
                     return await self._body(response, trace)
@@ -668,7 +671,7 @@ class Downloader:
 
     @staticmethod
     def _location(url: httpx.URL, response: httpx.Response) -> str:
-        location = response.headers.get("location", "").strip()
+        location = response.headers.get(_LOCATION, "").strip()
         if not location:
             raise _Failure(
                 "download_failed", f"HTTP {response.status_code} redirect without a Location header"
@@ -704,13 +707,31 @@ class Downloader:
         return bytes(body)
 
 
+async def _hide_location(response: httpx.Response) -> None:
+    """httpx parses a redirect's Location even when it follows none, and raises on odd ones (data:, a bad
+    port...) before we see the response; moved aside, it is read and checked by `Downloader._location`."""
+    if "location" in response.headers:
+        response.headers[_LOCATION] = response.headers.pop("location")
+
+
+def _is_url(text: str) -> bool:
+    """True for a URL of any scheme (a one-letter "scheme" is a Windows drive), even a malformed one."""
+    try:
+        return len(urlsplit(text.strip()).scheme) > 1
+    except ValueError:  # e.g. "http://[::1/": a URL, and check_url will say what is wrong with it
+        return "://" in text
+
+
 def _read_regular(path: Path, cap: int) -> bytes:
     """The bytes of `path` if it is a regular file of at most `cap` bytes (never blocks on a FIFO or device)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _Failure(
+            "unsafe_url", f"local path {path} refused: not a regular file (a folder, device, FIFO...)"
+        )
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Failure("unsafe_url", f"local path {path} refused: not a regular file (a device, FIFO...)")
         if info.st_size > cap:
             raise _Failure("invalid_image", f"{path} is {info.st_size} bytes, above the {cap} byte cap")
         data = f.read(cap + 1)

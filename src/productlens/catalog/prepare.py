@@ -18,7 +18,7 @@ import sqlite3
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -378,18 +378,30 @@ def prepare_catalog(
     download: DownloadConfig | None = None,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
+    allow_hosts: Iterable[str] = (),
+    image_roots: Iterable[str | os.PathLike] = (),
 ) -> PrepareResult:
     """Download, verify and split a catalog into `out_dir`; running it again resumes where a run stopped.
 
     `shard=(i, n)` takes the rows whose index modulo n is i (several machines, one catalog); combine the
-    shard folders with `merge_prepared`. `download` sets every downloader option at once (then
-    `allow_private`, `concurrency` and `max_side` are not used).
+    shard folders with `merge_prepared`. `allow_hosts` names private hosts / IPs / CIDRs URLs may reach;
+    `image_roots` are folders local image paths may lie in besides the catalog's. `download` sets every
+    downloader option at once (then `allow_private`, `allow_hosts`, `image_roots`, `concurrency` and
+    `max_side` are not used). Problems with a row become its rejection reason; only problems with the run
+    (catalog file, output folder, options) raise PrepareError.
     """
     started = time.monotonic()
     ratios = _check_splits(splits)
-    config = download or DownloadConfig(
-        allow_private=allow_private, concurrency=concurrency, max_side=max_side
-    )
+    roots = tuple(Path(r).resolve() for r in image_roots)
+    if bad := [str(r) for r in roots if not r.is_dir()]:
+        raise PrepareError(f"--image-root {', '.join(bad)}: not a folder; name folders that hold the images")
+    try:
+        config = download or DownloadConfig(
+            allow_private=allow_private, concurrency=concurrency, max_side=max_side,
+            allow_hosts=frozenset(allow_hosts), image_roots=tuple(map(str, roots)),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise PrepareError(f"--allow-host: {exc}") from None
     out = _out_folder(out_dir)
     with _Locked(out):
         src = _open_source(source, chunk_rows)

@@ -33,6 +33,7 @@ FAULTS: dict[str, str] = {
     "html": "200 with an HTML page (text/html)",
     "bomb": "a tiny PNG whose header declares 100,000 x 100,000 pixels (a decompression bomb)",
     "redirect-loop": "302 to itself, forever",
+    "no-location": "302 without a Location header",
     "huge": "an image/jpeg body of up to `huge_bytes`, chunked (no Content-Length), streamed",
     "huge-declared": "the same huge body, with an honest Content-Length",
     "redirect:<url>": "302 to <url> (in the `faults` mapping only)",
@@ -68,7 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner._on_disconnect(self.connection)
         super().finish()
 
+    def handle_one_request(self) -> None:  # the request head must arrive within header_timeout_s
+        self.server.owner._head_deadline(self.connection, time.monotonic())
+        super().handle_one_request()
+
     def do_GET(self) -> None:
+        self.server.owner._head_deadline(self.connection, None)
         self.server.owner._handle(self)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
@@ -85,7 +91,8 @@ class _Server(ThreadingHTTPServer):
 class ImageServer:
     """Serve `root` over HTTP/1.1 on 127.0.0.1 (port 0 = any free port), with optional latency and faults.
 
-    Counters for tests: `requests` (Counter of paths), `connections` (TCP connections accepted),
+    A connection that does not deliver a request head within `header_timeout_s` (a slow-drip client, or an idle
+    keep-alive one) is closed. Counters for tests: `requests` (Counter of paths), `connections` (TCP connections accepted),
     `max_inflight` (most requests served at the same time), `user_agents` (Counter).
     """
 
@@ -99,6 +106,7 @@ class ImageServer:
         retry_after_s: int = 1,
         trickle_s: float = 0.2,
         huge_bytes: int = 1 << 30,
+        header_timeout_s: float = 10.0,
     ) -> None:
         self.root = Path(root).resolve()
         self.latency = latency
@@ -106,6 +114,8 @@ class ImageServer:
         self.retry_after_s = retry_after_s
         self.trickle_s = trickle_s
         self.huge_bytes = huge_bytes
+        self.header_timeout_s = header_timeout_s
+        self._heads: dict = {}  # connection -> when its current request head started
         self.requests: Counter[str] = Counter()
         self.user_agents: Counter[str] = Counter()
         self.connections = 0
@@ -129,6 +139,7 @@ class ImageServer:
             daemon=True,
         )
         self._thread.start()
+        threading.Thread(target=self._watch_heads, name="image-server-heads", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -169,6 +180,25 @@ class ImageServer:
     def _on_disconnect(self, sock: object) -> None:
         with self._lock:
             self._open.discard(sock)
+            self._heads.pop(sock, None)
+
+    def _head_deadline(self, sock: object, started: float | None) -> None:
+        with self._lock:
+            if started is None:
+                self._heads.pop(sock, None)
+            else:
+                self._heads[sock] = started
+
+    def _watch_heads(self) -> None:
+        while not self._stop.wait(min(0.25, self.header_timeout_s / 4)):
+            limit = time.monotonic() - self.header_timeout_s
+            with self._lock:
+                late = [sock for sock, started in self._heads.items() if started < limit]
+                for sock in late:
+                    del self._heads[sock]
+            for sock in late:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(2)  # type: ignore[attr-defined]
 
     # ---- requests ----
     def _handle(self, h: _Handler) -> None:
@@ -202,6 +232,8 @@ class ImageServer:
             return self._send(h, 429, b"slow down", "text/plain", {"Retry-After": str(self.retry_after_s)})
         if fault == "redirect-loop":
             return self._send(h, 302, b"", "text/plain", {"Location": path})
+        if fault == "no-location":
+            return self._send(h, 302, b"", "text/plain")
         if fault is not None and fault.startswith("redirect:"):
             return self._send(h, 302, b"", "text/plain", {"Location": fault.removeprefix("redirect:")})
         if fault == "html":

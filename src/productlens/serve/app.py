@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from productlens.catalog import download
+from productlens.catalog.imagetypes import KINDS_TEXT
 from productlens.serve.batching import Batcher
 
 if TYPE_CHECKING:
@@ -59,8 +60,11 @@ class ServeSettings:
     max_images: int = 8  # photos per request
     request_timeout_s: float = 120.0  # from body read to answer; then 504
     url_timeout_s: float = 15.0  # fetching one photo URL
-    allow_private_urls: bool = False  # let JSON URL inputs reach loopback / private / link-local hosts
+    allow_private_urls: bool = False  # let JSON URL inputs reach loopback / private hosts (not link-local)
     token: str | None = None  # bearer token for /v1/predict; None = open
+    allow_hosts: frozenset[str] = (
+        frozenset()
+    )  # private hosts / IPs / CIDRs URL inputs may reach (--allow-host)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_image_bytes", "max_request_bytes", "max_image_pixels", "max_images"):
@@ -73,6 +77,7 @@ class ServeSettings:
             raise ValueError(
                 "ServeSettings.token is empty; pass a non-empty token or None for an open server"
             )
+        download.HostPolicy(self.allow_private_urls, self.allow_hosts)  # a bad entry fails here, saying why
 
 
 # ---- request and response schemas (these make /openapi.json) ----------------------------------------------
@@ -477,9 +482,7 @@ def _decode(data: bytes, name: str, settings: ServeSettings) -> Image.Image:
     try:
         verified, _, _, _ = download.normalise_image(data, max_pixels=settings.max_image_pixels)
     except download.InvalidImage as exc:
-        raise BadInput(
-            415, f"{name} was refused: {exc}; send a complete JPEG, PNG, WebP or GIF photo"
-        ) from None
+        raise BadInput(415, f"{name} was refused: {exc}; send a complete {KINDS_TEXT} photo") from None
     with Image.open(io.BytesIO(verified), formats=["JPEG", "PNG"]) as im:
         return im.convert("RGB")
 
@@ -494,6 +497,7 @@ async def _fetch(url: str, settings: ServeSettings) -> Image.Image:
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
         allow_private=settings.allow_private_urls,
+        allow_hosts=settings.allow_hosts,
         workers=1,
     )
     with tempfile.TemporaryDirectory(prefix="productlens-serve-") as folder:
@@ -513,10 +517,12 @@ def _open_rgb(path: str) -> Image.Image:
 URL_FAILURES = {  # downloader's reason -> (status, what to do)
     "unsafe_url": (
         400,
-        "give a public http(s) URL (the server refuses private addresses unless --allow-private-urls)",
+        "give a valid, public http(s) URL (the server refuses private addresses unless started with "
+        "--allow-host HOST or --allow-private-urls)",
     ),
     "download_failed": (400, "check that the URL serves the photo, or upload the file instead"),
-    "invalid_image": (415, "the URL must serve a complete JPEG, PNG, WebP or GIF photo"),
+    "invalid_image": (415, f"the URL must serve a complete {KINDS_TEXT} photo"),
+    "unexpected_error": (400, "upload the file instead (and please report the URL as a productlens bug)"),
 }
 
 
@@ -571,11 +577,58 @@ def _url(sock: socket.socket, host: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+HEADER_TIMEOUT_S = 10.0  # a connection must deliver a request's head (line and headers) within this
+
+
+def _protocol() -> type | str:
+    """uvicorn's h11 protocol with a deadline for each request head: uvicorn has none, so a client dripping one
+    header byte at a time would hold its connection (and a file descriptor) forever."""
+    try:
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+    except ImportError:  # pragma: no cover
+        return "auto"
+
+    class HeadDeadline(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE and self._head_timer is not None:  # the head is in
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._too_slow)
+
+        def _too_slow(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadline
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run `app` with uvicorn in a background thread; yields its base URL (port 0 = a free port), stops on exit."""
     sock = _bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=_protocol()))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="productlens-serve"
     )
@@ -616,4 +669,4 @@ def serve(
     app = create_app(predictor, settings, model_name=Path(model).name or str(model))
     url = _url(sock, "127.0.0.1" if host in ("0.0.0.0", "::") else host)
     print(f"productlens is serving {model} at {url}/  (API: {url}/openapi.json; Ctrl+C stops)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="info", http=_protocol())).run(sockets=[sock])
