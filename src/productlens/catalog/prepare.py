@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 import statistics
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -231,7 +232,20 @@ def _open(path: Path, source: str | os.PathLike, chunk_rows: int) -> _Source:
         header = tuple(pd.read_csv(path, nrows=0, **read).columns)
 
         def chunks() -> Iterator[list[dict]]:
-            return (frame.to_dict("records") for frame in pd.read_csv(path, chunksize=chunk_rows, **read))
+            # index_col=False: a row with more fields than the header must not turn columns into an index
+            reader = pd.read_csv(path, chunksize=chunk_rows, index_col=False, **read)
+            while True:
+                with warnings.catch_warnings():
+                    warnings.simplefilter(
+                        "error", pd.errors.ParserWarning
+                    )  # pandas would drop the extra fields
+                    try:
+                        frame = next(reader, None)
+                    except pd.errors.ParserWarning:
+                        raise ValueError("a row has more fields than the header") from None
+                if frame is None:
+                    return
+                yield frame.to_dict("records")
 
         return _Source(name, base, None, header, chunks)
     if suffix.endswith((".jsonl", ".ndjson", ".json")):
