@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -225,6 +226,20 @@ BAD_INPUTS = {
     "loopback-url": ({"json": {"images": [{"url": "http://127.0.0.1:9/a.jpg"}]}}, 400, "loopback"),
     "private-url": ({"json": {"images": [{"url": "http://10.1.2.3/a.jpg"}]}}, 400, "private"),
     "file-url": ({"json": {"images": [{"url": "file:///etc/passwd"}]}}, 400, "only http and https"),
+    "port-out-of-range": (
+        {"json": {"images": [{"url": "http://example.com:99999/a.jpg"}]}},
+        400,
+        "not a valid URL",
+    ),
+    "port-not-a-number": (
+        {"json": {"images": [{"url": "http://example.com:abc/a.jpg"}]}},
+        400,
+        "not a valid URL",
+    ),
+    "port-negative": ({"json": {"images": [{"url": "http://example.com:-1/a.jpg"}]}}, 400, "not a valid URL"),
+    "broken-ipv6-url": ({"json": {"images": [{"url": "http://[::1/a.jpg"}]}}, 400, "not a valid URL"),
+    "trailing-dot-private-ip": ({"json": {"images": [{"url": "http://10.0.0.1./a.jpg"}]}}, 400, "private"),
+    "metadata-url": ({"json": {"images": [{"url": "http://169.254.169.254/latest/"}]}}, 400, "metadata"),
     "wrong-content-type": (
         {"content": b"hello", "headers": {"content-type": "text/plain"}},
         415,
@@ -247,6 +262,59 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server
     error = response.json()["error"]
     assert words in error and len(error) > 30
     assert_serves(client)
+
+
+def test_hostile_urls_get_a_4xx_even_with_private_access(predictor, images):
+    """Faults only a reachable server can produce (redirects without Location, to data:, to the metadata
+    address), and link-local refused even under --allow-private-urls: a 4xx each time, then a good request."""
+    here = images.base_url.removeprefix("http://")
+    images.faults.update({"/to-data": "redirect:data:image/png;base64,iVBORw0KGgo=",
+                          "/to-meta": "redirect:http://169.254.169.254/latest/meta-data/"})  # fmt: skip
+    cases = [
+        (images.url("/a.jpg", "no-location"), 400, "without a Location"),
+        (images.url("/to-data"), 400, "scheme data:"),
+        (images.url("/to-meta"), 400, "metadata"),
+        (f"http://{here.split(':')[0]}:99999/a.jpg", 400, "not a valid URL"),
+        ("http://[fe80::1]/a.jpg", 400, "--allow-host"),
+    ]
+    for settings in (ServeSettings(allow_hosts=frozenset({here})), ServeSettings(allow_private_urls=True)):
+        with (
+            serve_in_thread(create_app(predictor, settings)) as url,
+            httpx.Client(base_url=url, timeout=60) as c,
+        ):
+            for link, status, words in cases:
+                response = c.post("/v1/predict", json={"images": [{"url": link}]})
+                assert (response.status_code, link) == (status, link) and words in response.json()["error"]
+                assert_serves(c)
+            good = c.post("/v1/predict", json={"images": [{"url": images.url("/a.jpg")}]})
+            assert good.status_code == 200, good.text
+    with pytest.raises(ValueError, match="allowed host"):
+        ServeSettings(allow_hosts=frozenset({"10.0.0.0/33"}))
+
+
+def test_a_slow_drip_request_head_is_cut_off_and_the_server_goes_on(predictor, monkeypatch):
+    from productlens.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "HEADER_TIMEOUT_S", 0.5)
+    with serve_in_thread(create_app(predictor, ServeSettings())) as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"y" * 200
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.settimeout(0.1)
+            closed = False
+            for byte in head:  # one byte per 0.1 s: each read is quick, the head never completes
+                try:
+                    sock.sendall(bytes([byte]))
+                    closed = sock.recv(1) == b""
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed = True
+                if closed or time.monotonic() - started > 10:
+                    break
+        assert closed and time.monotonic() - started < 3
+        assert_serves(httpx.Client(base_url=url, timeout=60))
 
 
 def test_declared_body_over_limit_is_refused_before_reading(server):
