@@ -272,6 +272,7 @@ def test_files_and_folders_to_jsonl_with_per_file_errors(predictor, inputs, tmp_
     summary = predict_inputs(predictor, entries, tmp_path / "preds.jsonl", progress=False)
     rows = read_jsonl(tmp_path / "preds.jsonl")
     assert [r["input"] for r in rows] == [
+        str(inputs / "shelf" / "notes.txt"),  # skipped files come first, each with its reason
         str(inputs / "shelf" / "a.jpg"),
         str(inputs / "shelf" / "deep" / "b.png"),
         str(inputs / "fake.jpg"),
@@ -279,16 +280,57 @@ def test_files_and_folders_to_jsonl_with_per_file_errors(predictor, inputs, tmp_
         str(inputs / "truncated.jpg"),
         "missing.png",
     ]
-    assert (summary.rows, summary.succeeded, summary.failed) == (6, 3, 3)
+    assert (summary.rows, summary.succeeded, summary.failed, summary.skipped) == (7, 3, 3, 1)
     assert all(set(r) == set(OUTPUT_COLUMNS) for r in rows)
     errors = {r["input"].rsplit("/", 1)[-1]: r["error"] for r in rows}
     assert errors["a.jpg"] is None and errors["b.png"] is None and errors["single.webp"] is None
     assert "invalid_image" in errors["fake.jpg"] and "invalid_image" in errors["truncated.jpg"]
-    assert "no such file" in errors["missing.png"]
+    assert "no such file" in errors["missing.png"] and errors["notes.txt"].startswith("skipped: not a JPEG")
     good = predictor.predict([Image.open(inputs / "shelf" / "a.jpg").convert("RGB")])[0]
-    assert rows[0]["raw_text"] == good.raw_text  # the file path gives the same answer as the image in memory
+    assert rows[1]["raw_text"] == good.raw_text  # the file path gives the same answer as the image in memory
     err = capsys.readouterr().err
-    assert err.count("warning:") == 3 and "truncated.jpg" in err
+    assert err.count("warning:") == 3 and "truncated.jpg" in err and err.count("skipped:") == 1
+
+
+def test_a_folder_is_read_by_content_and_every_skipped_file_is_listed(predictor, tiny_dir, tmp_path):
+    import os
+
+    from productlens.catalog.imagetypes import heif_plugin
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    photo(10, (64, 48)).save(folder / "a.avif", "AVIF")
+    photo(11, (64, 48)).save(folder / "b.mpo", "MPO", save_all=True, append_images=[photo(12, (64, 48))])
+    photo(13, (64, 48)).save(folder / "E646D207-DC83-4AED", "JPEG")  # a CDN file without an extension
+    photo(14, (64, 48)).save(folder / "looks.png", "JPEG")  # the name lies; the content decides
+    photo(15, (64, 48)).save(folder / "old.bmp", "BMP")
+    (folder / "notes.txt").write_text("shopping list")
+    (folder / "empty.jpg").write_bytes(b"")
+    os.mkfifo(folder / "pipe.jpg")
+    if heif_plugin():
+        photo(16, (64, 48)).save(folder / "c.heic", "HEIF")
+    else:  # the signature alone: without the plugin the reason names it
+        (folder / "c.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    summary = predict_inputs(predictor, [folder], tmp_path / "p.jsonl", progress=False)
+    errors = {r["input"].rsplit("/", 1)[-1]: r["error"] for r in read_jsonl(tmp_path / "p.jsonl")}
+    read = {"a.avif", "b.mpo", "E646D207-DC83-4AED", "looks.png"} | ({"c.heic"} if heif_plugin() else set())
+    assert {name for name, error in errors.items() if error is None} == read
+    skipped = {name: error for name, error in errors.items() if error is not None}
+    assert all(error.startswith("skipped: ") for error in skipped.values())
+    assert "a BMP image" in skipped["old.bmp"] and "(text)" in skipped["notes.txt"]
+    assert "(empty)" in skipped["empty.jpg"] and "not a regular file" in skipped["pipe.jpg"]
+    if not heif_plugin():
+        assert "productlens[heic]" in skipped["c.heic"]
+    assert (summary.rows, summary.succeeded, summary.failed, summary.skipped) == (
+        9,
+        len(read),
+        0,
+        9 - len(read),
+    )
+    run = CliRunner().invoke(
+        app, ["predict", str(folder), "--model", str(tiny_dir), "--out", str(tmp_path / "p.csv")]
+    )
+    assert run.exit_code == 0 and f"{9 - len(read)} skipped" in run.output, run.output
 
 
 def test_csv_output_is_well_formed(predictor, inputs, tmp_path):

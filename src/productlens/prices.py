@@ -14,6 +14,10 @@ The rule for text (the whole text must be one price):
 - A trailing ",-" or ".-" means no cents ("1.290,-").
 Numbers (int, float, Decimal) are taken as they are. Every price must be finite and not negative (the catalog
 also refuses 0: a product has a price; a model that answers 0 is read, and scored, as saying 0).
+
+Why not the `price-parser` library: it is built to pull a price out of scraped text, so it guesses where this rule
+must refuse ("1290 1390" -> 12901390, "12 5" -> 125, "1.5k" -> 1.5, "12 pcs" -> 12, "0.500" -> 500,
+"-5" -> 5, "1e400" -> 1).
 """
 
 from __future__ import annotations
