@@ -355,6 +355,12 @@ def test_urls_over_loopback_need_allow_private(predictor, inputs, tmp_path):
         urls = [server.url("/shelf/a.jpg"), server.url("/gone.jpg"), server.url("/fake.jpg")]
         refused = predict_inputs(predictor, urls[:1], tmp_path / "refused.jsonl", progress=False)
         allowed = predict_inputs(predictor, urls, tmp_path / "ok.jsonl", allow_private=True, progress=False)
+        named = server.base_url.removeprefix("http://")  # --allow-host: just this host:port
+        one = predict_inputs(predictor, urls[:1], tmp_path / "one.jsonl", allow_hosts=[named], progress=False)
+        other = predict_inputs(
+            predictor, urls[:1], tmp_path / "two.jsonl", allow_hosts=["10.0.0.0/8"], progress=False
+        )
+    assert (one.succeeded, other.succeeded) == (1, 0)
     assert refused.succeeded == 0 and "unsafe_url" in read_jsonl(tmp_path / "refused.jsonl")[0]["error"]
     rows = read_jsonl(tmp_path / "ok.jsonl")
     assert (allowed.succeeded, allowed.failed) == (1, 2)

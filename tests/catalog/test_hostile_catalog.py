@@ -151,3 +151,10 @@ def test_an_unforeseen_row_error_is_recorded_and_the_run_goes_on(tmp_path, monke
     m = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pandas()
     assert m["reason"].fillna("").tolist() == ["unexpected_error", ""] and "KeyError" in m["detail"][0]
     assert (result.ok, result.rejected["unexpected_error"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("command", "options"), [("prepare", ["--allow-host", "--image-root"]),
+                                                  ("predict", ["--allow-host"]), ("serve", ["--allow-host"])])  # fmt: skip
+def test_narrow_private_access_is_offered_where_urls_are_fetched(command, options):
+    run = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert run.exit_code == 0 and all(option in run.output for option in options), run.output
