@@ -490,6 +490,10 @@ class Downloader:
         )
 
     async def __aexit__(self, *exc: object) -> None:
+        running = [task for task in self._shared.values() if not task.done()]  # their callers were cancelled
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         for client in self._clients:
             await client.aclose()
         if self._workers is not None:
