@@ -221,11 +221,23 @@ class Predictor:
         inputs = self.processor(
             text=[self._prompt] * len(images), images=images, padding_side="left", return_tensors="pt"
         )
+        return self._on_device(inputs)
+
+    def _on_device(self, inputs: Any) -> dict[str, torch.Tensor]:
+        """Processor output -> tensors on the model's device (pixel values in its dtype)."""
         dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
         return {
             k: v.to(self.device, dtype=dtype) if k == "pixel_values" else v.to(self.device)
             for k, v in inputs.items()
         }
+
+    def chat(self, jobs: Sequence[Any]) -> list[Any]:
+        """Chat requests (`chat.ChatJob`: own prompt, photos, budget, sampling, stops, JSON schema) -> one
+        `chat.ChatResult` each, from one batched generate. Used by the OpenAI-compatible endpoint."""
+        from productlens.chat import run_chat
+
+        with _evaluating(self.model):
+            return run_chat(self, jobs)
 
     @property
     def grammar(self) -> AnswerGrammar:
