@@ -38,6 +38,7 @@ class ChatJob:
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None
     on_text: Callable[[str], None] | None = None
+    sent: int = 0  # characters handed to on_text so far (kept when the batcher retries the job alone)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,6 @@ class _Row:
     length: int | None = None  # tokens generated when the row finished
     reason: str = "length"
     text: str = ""  # the answer so far (stop string cut off)
-    sent: int = 0  # characters handed to on_text
 
 
 def run_chat(predictor: Predictor, jobs: Sequence[ChatJob]) -> list[ChatResult]:
@@ -92,8 +92,8 @@ def run_chat(predictor: Predictor, jobs: Sequence[ChatJob]) -> list[ChatResult]:
     prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # [batch]
     out = []
     for row, count in zip(rows, prompt_tokens, strict=True):
-        if row.job.on_text is not None and len(row.text) > row.sent:
-            row.job.on_text(row.text[row.sent :])  # the rest (what was streamed is a prefix of the text)
+        if row.job.on_text is not None and len(row.text) > row.job.sent:
+            row.job.on_text(row.text[row.job.sent :])  # the rest (what was streamed is a prefix of the text)
         out.append(ChatResult(row.text, int(count), row.length or 0, row.reason))
     return out
 
@@ -165,9 +165,9 @@ class _Tracker(StoppingCriteria):
             if stable < len(ids):
                 text = self.processor.decode(ids[:stable], skip_special_tokens=True)
             safe = len(text) - _partial_stop(text, row.job.stop)
-            if safe > row.sent:
-                row.job.on_text(text[row.sent : safe])
-                row.sent = safe
+            if safe > row.job.sent:
+                row.job.on_text(text[row.job.sent : safe])
+                row.job.sent = safe
 
 
 def _partial_stop(text: str, stops: Sequence[str]) -> int:
