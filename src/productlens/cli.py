@@ -318,7 +318,8 @@ def predict(
             raise ValueError("pass --model RUN (a run, model folder or hub id), or --endpoint URL")
         else:
             predictor = Predictor.load(model, adapter=adapter, **options)
-        summary = predict_inputs(predictor, inputs, out, allow_private=allow_private)
+        chunk = max(64, 4 * concurrency)  # photos read ahead: enough to keep --concurrency requests in flight
+        summary = predict_inputs(predictor, inputs, out, allow_private=allow_private, chunk=chunk)
     except (ValueError, OSError, PrepareError, EndpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -8,7 +8,6 @@ generated so far (used per row by chat.py). The library does the parsing; this m
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -97,12 +96,3 @@ def _tokenizer_data(tokenizer: Any, vocab_size: int, stop_ids: tuple[int, ...]) 
         return tokenizer.decode(tokens).rstrip("\ufffd")
 
     return TokenEnforcerTokenizerData(regular, decode, list(stop_ids), False, vocab_size)
-
-
-def parse_json_answer(text: str) -> dict[str, Any] | None:
-    """The answer as a JSON object, or None when it is not one (cut short by max_tokens, say)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
