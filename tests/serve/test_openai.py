@@ -235,6 +235,19 @@ def test_json_schema_output_parses_into_the_three_fields(client):
     assert isinstance(fields["price"], int | float)
 
 
+def test_json_object_answers_title_category_and_price(client):
+    answer = client.chat.completions.create(
+        model="tiny-phi3v",
+        messages=ask(data_url(PHOTOS[1])),
+        max_tokens=400,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    fields = json.loads(answer.choices[0].message.content)
+    assert set(fields) == {"title", "category", "price"}
+    assert isinstance(fields["title"], str) and isinstance(fields["price"], int | float)
+
+
 # ---- bad input: the client's own error classes, and the server goes on ------------------------------------
 
 
@@ -318,6 +331,26 @@ def test_a_wrong_token_raises_authentication_error(server, client):
         with pytest.raises(openai.AuthenticationError):
             stranger.models.list()
     assert chat(client, data_url(PHOTOS[0])).choices
+
+
+def test_a_failing_model_raises_internal_server_error_or_a_stream_error_and_the_server_goes_on(
+    predictor, monkeypatch
+):
+    app = create_app(predictor, ServeSettings(), model_name="tiny-phi3v")
+    with serve_in_thread(app) as url:
+        local = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        real_chat = predictor.chat
+
+        def broken(jobs):
+            raise RuntimeError("CUDA out of memory (injected)")
+
+        monkeypatch.setattr(predictor, "chat", broken)
+        with pytest.raises(openai.InternalServerError, match="CUDA out of memory"):
+            chat(local, data_url(PHOTOS[0]))
+        with pytest.raises(openai.APIError, match="CUDA out of memory"):
+            list(chat(local, data_url(PHOTOS[0]), stream=True))
+        monkeypatch.setattr(predictor, "chat", real_chat)
+        assert chat(local, data_url(PHOTOS[0])).choices[0].message.content == expected(predictor, PHOTOS[0])
 
 
 # ---- concurrency and the shared batcher -------------------------------------------------------------------
