@@ -1,7 +1,8 @@
-"""Load test of `productlens serve` on loopback: batching across requests on vs off, in the same run.
+"""Load test of `productlens serve` on loopback: batching across requests on vs off, and the OpenAI-compatible
+chat endpoint against /v1/predict, in the same run.
 
 In: a tiny random Phi-3-V model (built in a temp folder) served by uvicorn on 127.0.0.1; N requests (one photo
-each) from C concurrent clients. Out: requests/s, p50/p95 latency per mode and the throughput ratio.
+each) from C concurrent clients. Out: requests/s, p50/p95 latency per mode and the ratios.
     python bench/bench_serve.py [--requests 200] [--clients 8] [--max-batch 8] [--max-wait-ms 20]
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import multiprocessing
 import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,14 +43,24 @@ def photos(count: int, width: int, height: int) -> list[bytes]:
 
 
 def load(
-    url: str, requests: int, clients: int, images: list[bytes], max_seconds: float
+    url: str, requests: int, clients: int, images: list[bytes], max_seconds: float, chat: dict | None = None
 ) -> tuple[list[float], float]:
     """The load generator (run in its own process, so it does not share the server's interpreter)."""
-    return asyncio.run(_load(url, requests, clients, images, max_seconds))
+    return asyncio.run(_load(url, requests, clients, images, max_seconds, chat))
+
+
+def _post(http: httpx.AsyncClient, data: bytes, chat: dict | None) -> Any:
+    """One photo to /v1/predict (multipart), or to /v1/chat/completions as a data URL when `chat` is given."""
+    if chat is None:
+        return http.post("/v1/predict", files={"file": ("photo.jpg", data, "image/jpeg")})
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": chat["question"]}]
+    body = {**chat["body"], "messages": [{"role": "user", "content": content}]}
+    return http.post("/v1/chat/completions", json=body)
 
 
 async def _load(
-    url: str, requests: int, clients: int, images: list[bytes], max_seconds: float
+    url: str, requests: int, clients: int, images: list[bytes], max_seconds: float, chat: dict | None
 ) -> tuple[list[float], float]:
     """`clients` workers post one photo per request until `requests` are done or `max_seconds` pass.
 
@@ -62,13 +75,13 @@ async def _load(
             data = images[issued % len(images)]
             issued += 1
             began = time.perf_counter()
-            response = await http.post("/v1/predict", files={"file": ("photo.jpg", data, "image/jpeg")})
+            response = await _post(http, data, chat)
             response.raise_for_status()
             latencies.append(time.perf_counter() - began)
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
-        await http.post("/v1/predict", files={"file": ("warm.jpg", images[0], "image/jpeg")})  # warm-up
+        (await _post(http, images[0], chat)).raise_for_status()  # warm-up
         began = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         return latencies, time.perf_counter() - began
@@ -79,13 +92,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_mode(
-    predictor, settings, args: argparse.Namespace, images: list[bytes], clients: ProcessPoolExecutor
+    predictor,
+    settings,
+    args: argparse.Namespace,
+    images: list[bytes],
+    clients: ProcessPoolExecutor,
+    chat: dict | None = None,
 ) -> dict:
     from productlens.serve.app import create_app, serve_in_thread
 
     app = create_app(predictor, settings, model_name="tiny-phi3v")
     with serve_in_thread(app) as url:
-        job = clients.submit(load, url, args.requests, args.clients, images, args.max_seconds)
+        job = clients.submit(load, url, args.requests, args.clients, images, args.max_seconds, chat)
         latencies, wall = job.result()
     sizes = app.state.batcher.batch_sizes[1:]  # without the warm-up call
     return {
@@ -118,14 +136,19 @@ def main() -> None:
         folder = save_tiny_model(Path(tmp) / "tiny-phi3v", TEXTS)
         predictor = Predictor.load(folder, max_new_tokens=args.max_new_tokens)
         images = photos(8, *args.size)
+        batching = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+        chat = {  # the request `productlens predict --endpoint` sends: greedy, the same token budget
+            "question": predictor.template.question,
+            "body": {"model": "tiny-phi3v", "max_tokens": args.max_new_tokens, "temperature": 0},
+        }
         modes = {
-            "batching off (max_batch=1)": ServeSettings(max_batch=1, max_wait_ms=0),
-            f"batching on (max_batch={args.max_batch}, {args.max_wait_ms:g} ms)": ServeSettings(
-                max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
-            ),
+            "batching off (max_batch=1)": (ServeSettings(max_batch=1, max_wait_ms=0), None),
+            f"batching on (max_batch={args.max_batch}, {args.max_wait_ms:g} ms)": (batching, None),
+            "chat completions, batching on": (batching, chat),
         }
         results = {
-            name: run_mode(predictor, settings, args, images, clients) for name, settings in modes.items()
+            name: run_mode(predictor, settings, args, images, clients, body)
+            for name, (settings, body) in modes.items()
         }
 
     print(
@@ -138,9 +161,13 @@ def main() -> None:
             f"{name:<40} {r['done']:>5} {r['rps']:>7.2f} {r['p50']:>8.0f} {r['p95']:>8.0f} "
             f"{r['calls']:>6} {r['mean_batch']:>6.2f}"
         )
-    off, on = results.values()
+    off, on, chat_on = results.values()
     print(
         f"throughput ratio (on / off): {on['rps'] / off['rps']:.2f}x; p50 latency ratio: {on['p50'] / off['p50']:.2f}x"
+    )
+    print(
+        f"chat completions / predict (both batching): throughput {chat_on['rps'] / on['rps']:.2f}x, "
+        f"p50 {chat_on['p50'] / on['p50']:.2f}x, p95 {chat_on['p95'] / on['p95']:.2f}x"
     )
 
 

@@ -205,8 +205,13 @@ def train(
 # ---- evaluate ---------------------------------------------------------------------------------------------
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="Run folder, model folder or hub id to evaluate.")],
     data: Annotated[Path, typer.Option(help="Prepared dataset folder (`productlens prepare --out`).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Run folder, model folder or hub id to evaluate; with --endpoint: the served name."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split to score: test, validation or train.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Output folder (default: MODEL/eval-SPLIT).")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to put on the model.")] = None,
@@ -219,6 +224,12 @@ def evaluate(
     constrain: Annotated[
         bool, typer.Option("--constrain", help="Constrained decoding: training categories, numeric price.")
     ] = False,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Score the model an OpenAI-compatible server serves: its URL.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="PRODUCTLENS_API_KEY", help="With --endpoint: the server's API key.")
+    ] = None,
 ) -> None:
     """Score a model on a split against baselines: predictions.jsonl, metrics.json and report.html.
 
@@ -228,9 +239,12 @@ def evaluate(
     Example: productlens evaluate --model runs/quickstart --data data/prepared --split test --out runs/eval
     """
     from productlens.catalog.prepare import PrepareError
+    from productlens.endpoint import EndpointError
     from productlens.evaluate import evaluate as run_evaluate
 
     try:
+        if model is None and endpoint is None:
+            raise ValueError("pass --model RUN (a run, model folder or hub id), or --endpoint URL")
         run_evaluate(
             model,
             data,
@@ -242,8 +256,10 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             constrain=constrain,
             nn_baseline=nn_baseline,
+            endpoint=endpoint,
+            api_key=api_key,
         )
-    except (ValueError, OSError, PrepareError) as exc:
+    except (ValueError, OSError, PrepareError, EndpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -252,7 +268,10 @@ def evaluate(
 @app.command()
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Photo files, folders (recursive) or http(s) URLs.")],
-    model: Annotated[str, typer.Option(help="Run folder, model folder or hub id.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Run folder, model folder or hub id; with --endpoint: the served model's name."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="preds.jsonl or preds.csv (by extension; default: JSONL on stdout).")
     ] = None,
@@ -269,6 +288,14 @@ def predict(
         Path | None, typer.Option(help="With --constrain: only the training categories of this folder.")
     ] = None,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help=ALLOW_HOST_HELP)] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="Ask an OpenAI-compatible server (vllm serve, productlens serve): its URL."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="PRODUCTLENS_API_KEY", help="With --endpoint: the server's API key.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="With --endpoint: requests in flight at once.")] = 8,
 ) -> None:
     """Read title, category and price from product photos: files, folders or URLs in, JSONL or CSV out.
 
@@ -276,9 +303,13 @@ def predict(
     (missing, not an image, truncated, too large, unsafe URL) gets an `error` and a warning; the others go on.
     Exit status: 0 if at least one photo was read, 1 if none was, 2 for bad arguments.
 
+    With --endpoint the photos go to a server (e.g. `vllm serve` of an export), `--concurrency` at a time,
+    retrying 429/5xx answers; the rows are the same.
+
     Example: productlens predict photos/ https://example.com/bag.jpg --model runs/quickstart --out preds.csv
     """
     from productlens.catalog.prepare import PrepareError, load_prepared
+    from productlens.endpoint import EndpointError, RemotePredictor
     from productlens.predict import Constraints, Predictor, predict_inputs
 
     options: dict = {"batch_size": batch_size}
@@ -293,11 +324,21 @@ def predict(
                 options["constraints"] = Constraints.from_training(rows)
             else:
                 options["constraints"] = Constraints(price=True)
-        predictor = Predictor.load(model, adapter=adapter, **options)
+        if endpoint is not None:
+            if constrain or adapter is not None:
+                raise ValueError("--constrain and --adapter act on a local model; drop them with --endpoint")
+            predictor = RemotePredictor(
+                endpoint, api_key, model=model, max_new_tokens=max_new_tokens, concurrency=concurrency
+            )
+        elif model is None:
+            raise ValueError("pass --model RUN (a run, model folder or hub id), or --endpoint URL")
+        else:
+            predictor = Predictor.load(model, adapter=adapter, **options)
+        chunk = max(64, 4 * concurrency)  # photos read ahead: enough to keep --concurrency requests in flight
         summary = predict_inputs(
-            predictor, inputs, out, allow_private=allow_private, allow_hosts=allow_host or ()
+            predictor, inputs, out, allow_private=allow_private, allow_hosts=allow_host or (), chunk=chunk
         )
-    except (ValueError, OSError, PrepareError) as exc:
+    except (ValueError, OSError, PrepareError, EndpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     where = f" -> {summary.out}" if summary.out else ""

@@ -42,12 +42,15 @@ def evaluate(
     table_rows: int = 64,
     chunk: int = 64,
     progress: bool = True,
+    endpoint: str | None = None,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """Predict every product of `split`, score it, write predictions.jsonl / metrics.json / report.html.
 
     `model`: a loaded Predictor, or what `Predictor.load` takes. `constrain`: category from the training
     split's categories, price a number. `nn_baseline`: also score copying the training product whose mean image
     feature is closest (cosine). Metrics go to `wandb_run`, or to the active W&B run if there is one.
+    `endpoint`: score the model an OpenAI-compatible server serves instead (`model`: its served name or None).
     Returns the metrics dict (as in metrics.json).
     """
     from tqdm import tqdm
@@ -66,7 +69,14 @@ def evaluate(
         raise ValueError(f"the {split!r} split of {data_dir} is empty; nothing to evaluate")
     train_rows = dataset["train"].select_columns(["id", "title", "category", "price"]).to_list()
 
-    predictor = _predictor(model, adapter, batch_size, max_new_tokens)
+    if endpoint is not None:  # a served model: the same prompts and parser, scored the same way
+        if constrain or nn_baseline:
+            raise ValueError("--constrain and --nn-baseline need the model here; drop them with --endpoint")
+        from productlens.endpoint import RemotePredictor
+
+        predictor = RemotePredictor(endpoint, api_key, model=model, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
+    else:
+        predictor = _predictor(model, adapter, batch_size, max_new_tokens)
     if constrain:
         predictor = predictor.with_options(constraints=Constraints.from_training(train_rows))
     out = Path(out_dir) if out_dir is not None else _default_out(model, split)
@@ -96,7 +106,7 @@ def evaluate(
     metrics: dict[str, Any] = {
         "split": split,
         "n": len(truth),
-        "source": None if isinstance(model, Predictor) else str(model),
+        "source": endpoint or (None if isinstance(model, Predictor) else str(model)),
         "constrained": constrain,
         "seconds_per_product": float(np.mean([p.seconds for p in predictions])),
     }
@@ -145,7 +155,7 @@ def _predictor(
 
 def _default_out(model: Any, split: str) -> Path:
     """<model folder>/eval-<split> for a local folder, else runs/eval-<split>."""
-    if not isinstance(model, Predictor) and Path(model).is_dir():
+    if isinstance(model, str | os.PathLike) and Path(model).is_dir():
         return Path(model) / f"eval-{split}"
     return Path("runs") / f"eval-{split}"
 

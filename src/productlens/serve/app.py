@@ -41,6 +41,7 @@ from productlens.catalog.imagetypes import KINDS_TEXT
 from productlens.serve.batching import Batcher
 
 if TYPE_CHECKING:
+    from productlens.chat import ChatJob, ChatResult
     from productlens.predict import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -229,10 +230,8 @@ def create_app(
 
     `predictor` needs `predict(images: list[PIL.Image]) -> list[Prediction]`; calls are serialized.
     """
-    batcher: Batcher[Image.Image, Prediction] = Batcher(
-        lambda images: predictor.predict(images, batch_size=len(images)),
-        settings.max_batch,
-        settings.max_wait_ms,
+    batcher: Batcher[Image.Image | ChatJob, Prediction | ChatResult] = Batcher(
+        _run_batch(predictor), settings.max_batch, settings.max_wait_ms
     )
 
     @contextlib.asynccontextmanager
@@ -244,7 +243,8 @@ def create_app(
     app = FastAPI(
         title="productlens",
         summary="Read a product photo: title, category and price.",
-        description="POST photos to /v1/predict (multipart `file`/`files` parts, or JSON with URLs / base64).",
+        description="POST photos to /v1/predict (multipart `file`/`files` parts, or JSON with URLs / base64), "
+        "or chat with them at /v1/chat/completions (OpenAI's format).",
         version=_version(),
         lifespan=lifespan,
     )
@@ -335,8 +335,30 @@ def create_app(
             ),
         )
 
+    from productlens.serve.openai_api import create_router
+
+    app.include_router(create_router(batcher, predictor, settings, model_name))
     _add_schema(app, PredictJSON)
     return app
+
+
+def _run_batch(predictor: Any) -> Callable[[list[Any]], list[Any]]:
+    """One batcher call: photos (from /v1/predict) -> predictor.predict, chat jobs -> predictor.chat."""
+
+    def run(items: list[Any]) -> list[Any]:
+        out: list[Any] = [None] * len(items)
+        photos = [i for i, item in enumerate(items) if isinstance(item, Image.Image)]
+        chats = [i for i, item in enumerate(items) if not isinstance(item, Image.Image)]
+        for group, call in (
+            (photos, lambda x: predictor.predict(x, batch_size=len(x))),
+            (chats, lambda x: predictor.chat(x)),
+        ):
+            if group:
+                for i, result in zip(group, call([items[i] for i in group]), strict=True):
+                    out[i] = result
+        return out
+
+    return run
 
 
 def _add_schema(app: FastAPI, model: type[BaseModel]) -> None:
