@@ -195,6 +195,22 @@ def test_hub_base_gets_the_hub_form_of_auto_map(tmp_path):
     assert entries == {"AutoConfig": "microsoft/Phi-3-vision-128k-instruct--configuration_phi3_v.Phi3VConfig"}
 
 
+def test_a_full_fine_tune_run_takes_its_files_from_the_base(tmp_path):
+    from productlens.export import resolve
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text(f"model:\n  path: {BASE}\n  num_crops: 4\n")
+    source = resolve(tmp_path)
+    assert (source.model_dir, source.adapter_dir, source.base_dir, source.num_crops) == (
+        tmp_path / "model",
+        None,
+        BASE,
+        4,
+    )
+    assert source.hub_repo is None
+
+
 def test_bad_sources_are_clear_errors(tmp_path):
     result = cli("export", tmp_path, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "not a run folder" in result.output
