@@ -170,8 +170,8 @@ def auto_map_for(source: Source, given: dict[str, str] | None, defaults: dict[st
 
 
 def official_config(model_config: Any, source: Source, dtype: torch.dtype) -> dict[str, Any]:
-    """config.json: the model's config in the official layout; the base file's key order and its `eos_token_id`,
-    `_name_or_path`, `_attn_implementation` and `transformers_version` when it is an official file."""
+    """config.json: the model's config in the official layout; when the base file is an official one, its key
+    order, its other keys, and its `eos_token_id`, `_name_or_path`, `_attn_implementation`, `transformers_version`."""
     values = model_config.to_official_dict()
     values["torch_dtype"] = str(dtype).removeprefix("torch.")
     raw = _read_json(source.base_dir / "config.json")
@@ -185,7 +185,8 @@ def official_config(model_config: Any, source: Source, dtype: torch.dtype) -> di
             values["rope_scaling"]["type"] = rope["type"]  # Phi-3.5-V's code names it longrope
     values["auto_map"] = auto_map_for(source, raw.get("auto_map"), OFFICIAL_AUTO_MAP)
     order = list(raw) if official_base else list(OFFICIAL_KEYS)
-    return {k: values[k] for k in order if k in values} | {k: v for k, v in values.items() if k not in order}
+    kept = {k: values.get(k, raw.get(k)) for k in order if k in values or (official_base and k in raw)}
+    return kept | {k: v for k, v in values.items() if k not in kept}
 
 
 def stop_ids(tokenizer_file: Path) -> dict[str, int]:
@@ -234,7 +235,7 @@ def official_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str,
     leftovers = [k for k in state if k.startswith("base_model.") or "lora_" in k]
     if leftovers:
         raise ExportError(f"adapter weights were not merged: {leftovers[:3]}")
-    return {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in state.items()}
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
 
 
 def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: str | int) -> list[str]:
