@@ -468,8 +468,7 @@ def save_final(
         from productlens.export import export
 
         dtype = None if config.model.dtype == "auto" else config.model.dtype
-        export(
-            output_dir, model_dir, dtype=dtype, overwrite=True
-        )  # `productlens export`, the official layout
+        # `productlens export`: merged weights in the official layout, the base's own tokenizer/processor files
+        export(output_dir, model_dir, dtype=dtype, overwrite=True)
     trainer.accelerator.wait_for_everyone()
     return adapter_dir, model_dir
