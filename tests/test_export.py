@@ -423,7 +423,8 @@ def test_old_clip_reads_the_exported_vision_weights(lora, old, tmp_path):
 
 def test_old_phi3_decoder_matches_productlens(lora, old, tmp_path):
     """4.41.2's own Phi3ForCausalLM (`su` RoPE) on the exported config + text weights, fed productlens's
-    inputs_embeds (image rows included): same last hidden state and logits within 1e-4, same greedy tokens."""
+    inputs_embeds (image rows included, num_crops 4 and 16; and a 4,300-token text for the long factors): same last
+    hidden state and logits within 1e-4, same greedy tokens."""
     from transformers import AutoModelForCausalLM
 
     _, out, _ = lora
@@ -440,6 +441,16 @@ def test_old_phi3_decoder_matches_productlens(lora, old, tmp_path):
             )
         inputs[f"embeds_{case}"] = embeds.numpy()
         ours[case] = (hidden, output.logits[:, -16:], tokens[0, -8:])
+    # past original_max_position_embeddings (4096): the long rope factors apply
+    ids = torch.randint(100, 32000, (1, 4300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        embeds = model.model.embed_tokens(ids)
+        hidden = model.model(inputs_embeds=embeds).last_hidden_state
+        logits = model(inputs_embeds=embeds).logits[:, -16:]
+        tokens = model.generate(
+            input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=32000, pad_token_id=32000
+        )
+    inputs["embeds_long"], ours["long"] = embeds.numpy(), (hidden, logits, tokens[0, -8:])
     np.savez(tmp_path / "in.npz", **inputs)
     answer = old_stack.run(old, "decoder", out, tmp_path / "in.npz", tmp_path / "out.npz")
     assert answer == {"versions": ["4.41.2"], "rotary": "Phi3SuScaledRotaryEmbedding"}
