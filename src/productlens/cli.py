@@ -202,6 +202,53 @@ def train(
         raise typer.Exit(2) from None
 
 
+# ---- export -----------------------------------------------------------------------------------------------
+@app.command()
+def export(
+    run: Annotated[
+        Path | None, typer.Argument(help="Run folder (adapter/ or model/), adapter folder or model folder.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write the official-layout model into.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, bfloat16 or float16 (default: the base's torch_dtype).")
+    ] = None,
+    num_crops: Annotated[
+        int | None, typer.Option(min=1, help="num_crops to record (default: the training value).")
+    ] = None,
+    max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB.")] = "5GB",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    check: Annotated[
+        Path | None, typer.Option("--check", help="Only validate this folder against the official layout.")
+    ] = None,
+) -> None:
+    """Write a fine-tuned run in the official Phi-3-Vision layout (merged weights, official config.json, the
+    base's tokenizer and processor files), loadable by the official remote code, vLLM and productlens.
+
+    Exit status of --check: 0 when every rule holds, 1 otherwise (each broken rule is printed).
+
+    Example: productlens export runs/lora --out exports/lora; productlens export --check exports/lora
+    """
+    from productlens import export as exporting
+
+    if check is None and (run is None or out is None):
+        raise typer.BadParameter("give RUN and --out to export, or --check DIR to validate a folder")
+    try:
+        if check is None:
+            folder = exporting.export(
+                run, out, dtype=dtype, num_crops=num_crops, max_shard_size=max_shard_size, overwrite=overwrite
+            )
+            typer.echo(f"exported {run} -> {folder}")
+        problems = exporting.check(check or out)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for problem in problems:
+        typer.echo(f"FAIL {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {check or out} follows the official Phi-3-Vision layout")
+
+
 # ---- evaluate ---------------------------------------------------------------------------------------------
 @app.command()
 def evaluate(

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -466,29 +465,10 @@ def save_final(
         return adapter_dir, None
     model_dir = output_dir / "model"
     if trainer.args.should_save:
-        merge_adapter(config.model.path, adapter_dir, model_dir, DTYPES[config.model.dtype])
-        processor.save_pretrained(model_dir)
+        from productlens.export import export
+
+        dtype = None if config.model.dtype == "auto" else config.model.dtype
+        # `productlens export`: merged weights in the official layout, the base's own tokenizer/processor files
+        export(output_dir, model_dir, dtype=dtype, overwrite=True)
     trainer.accelerator.wait_for_everyone()
     return adapter_dir, model_dir
-
-
-def merge_adapter(base_path: str, adapter_dir: Path, model_dir: Path, dtype: Any = "auto") -> Path:
-    """Base checkpoint + adapter -> one model folder in the official layout (official key names).
-
-    The base is reloaded unquantised, so a QLoRA adapter merges into full-precision weights.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    import productlens.phi3v  # noqa: F401
-
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tmp = model_dir.parent / f".{model_dir.name}.tmp-{os.getpid()}"
-    try:
-        merged.save_pretrained(tmp)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        tmp.replace(model_dir)  # the folder appears whole, or not at all
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return model_dir

@@ -48,6 +48,21 @@ OFFICIAL_VOCAB_SIZE = 32064
 OFFICIAL_STOP_TOKEN_IDS = [32007, 32000]
 MERGE = 2  # the 2x2 patch merge of the official image embedding
 
+# The official config.json keys in the official file's order (`vision_config`, when present, comes last).
+OFFICIAL_KEYS = (
+    "_name_or_path", "architectures", "attention_dropout", "auto_map", "bos_token_id", "embd_layer",
+    "eos_token_id", "hidden_act", "hidden_size", "img_processor", "initializer_range", "intermediate_size",
+    "max_position_embeddings", "model_type", "num_attention_heads", "num_hidden_layers", "num_key_value_heads",
+    "original_max_position_embeddings", "rms_norm_eps", "rope_scaling", "rope_theta", "sliding_window",
+    "tie_word_embeddings", "torch_dtype", "transformers_version", "use_cache", "vocab_size", "_attn_implementation",
+)  # fmt: skip
+# Arguments of the official Phi3VConfig that the released file leaves out: written only when they differ.
+OFFICIAL_DEFAULTS: dict[str, Any] = {"embd_pdrop": 0.0, "resid_pdrop": 0.0, "pad_token_id": 32000}
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_phi3_v.Phi3VConfig",
+    "AutoModelForCausalLM": "modeling_phi3_v.Phi3VForCausalLM",
+}
+
 
 @strict
 class Phi3VConfig(Phi3Config):
@@ -132,6 +147,38 @@ class Phi3VConfig(Phi3Config):
         if not -vision.num_hidden_layers <= self.feature_layer < vision.num_hidden_layers + 1:
             raise ValueError(f"img_processor.layer_idx {self.feature_layer} is outside the CLIP tower.")
 
+    def to_official_dict(self) -> dict[str, Any]:
+        """This config as the official `config.json` dict: rope `su` + `rope_theta`, `torch_dtype`, official keys
+        and order, eos 2 again for the official vocabulary, `vision_config` only when not the ViT-L/14-336 tower.
+        `Phi3VConfig(**d)` reads it back to an equal config."""
+        rope = self.rope_parameters or {}
+        scaling = None
+        if rope.get("rope_type") == "longrope":
+            scaling = {"long_factor": list(rope["long_factor"]), "short_factor": list(rope["short_factor"])}
+            scaling["type"] = "su"
+        eos = self.eos_token_id
+        if eos == OFFICIAL_STOP_TOKEN_IDS and self.vocab_size == OFFICIAL_VOCAB_SIZE:
+            eos = 2  # the official file's value; the stop ids belong in generation_config.json
+        dtype = self.dtype if self.dtype is not None else "float32"
+        values = {
+            **{k: getattr(self, k) for k in OFFICIAL_KEYS if hasattr(self, k)},
+            "_name_or_path": self.name_or_path or "Phi-3-vision-128k-instruct",
+            "architectures": ["Phi3VForCausalLM"],
+            "auto_map": dict(OFFICIAL_AUTO_MAP),
+            "eos_token_id": eos,
+            "rope_scaling": scaling,
+            "rope_theta": rope.get("rope_theta", 10000.0),
+            "torch_dtype": str(dtype).removeprefix("torch."),
+            "transformers_version": "4.40.2",  # the model card's pin, which reads this layout
+        }
+        official = {k: values[k] for k in OFFICIAL_KEYS if k != "_attn_implementation"}
+        official |= {k: getattr(self, k) for k, v in OFFICIAL_DEFAULTS.items() if getattr(self, k, v) != v}
+        clip = self.vision_config.to_dict()
+        vision = {k: clip.get(k, v) for k, v in CLIP_VIT_LARGE_PATCH14_336.items()}
+        if vision != CLIP_VIT_LARGE_PATCH14_336:
+            official["vision_config"] = {"model_type": "clip_vision_model", **vision}
+        return official
+
     @property
     def text_config(self) -> Phi3VConfig:
         """The language-model config: this config itself (a `Phi3Config`)."""
@@ -158,4 +205,4 @@ class Phi3VConfig(Phi3Config):
         return self.crop_grid**2
 
 
-__all__ = ["Phi3VConfig"]
+__all__ = ["OFFICIAL_AUTO_MAP", "OFFICIAL_KEYS", "Phi3VConfig"]
