@@ -1,0 +1,136 @@
+"""Qwen2.5-VL (and Qwen2-VL): ChatML turns closed by `<|im_end|>`, a photo as `<|vision_start|><|image_pad|>...
+<|vision_end|>` with one `<|image_pad|>` per 28x28 pixels (2x2 merged 14-pixel patches); cost knob: the photo's
+pixel budget `min_pixels` / `max_pixels`. Tower `visual.*`, projector `visual.merger`, decoder `language_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import transformers
+
+from productlens.families import Family
+from productlens.families.tiny import byte_level_tokenizer, seeded, write_folder
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# The Qwen2.5-VL format for text and image turns (default system turn first); written for the tiny models, real
+# checkpoints bring their own template.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+PIXELS_PER_TOKEN = 28 * 28  # one merged 2x2 group of 14-pixel patches
+
+
+class Qwen2_5_VLProcessor(transformers.Qwen2_5_VLProcessor):
+    """transformers' processor without its video processor (which needs torchvision): photos are processed the
+    same, and a saved folder names the real class (so it loads as usual where torchvision is installed)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen25VL(Family):
+    name = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    end_of_turn = "<|im_end|>"
+    parts = (("visual.merger.", "projection"), ("visual.", "vision"))
+    language_module = "language_model"
+    cost_knobs = ("min_pixels", "max_pixels")
+    # at most 512 image tokens per photo (the checkpoint allows 16384): product photos need no more
+    recommended_cost = {"min_pixels": 64 * PIXELS_PER_TOKEN, "max_pixels": 512 * PIXELS_PER_TOKEN}
+    hub_ids = ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")
+    image_only_processor = Qwen2_5_VLProcessor
+
+    def image_tokens(self, processor: Any, width: int, height: int) -> int:
+        """Image tokens from the size alone (the processor's own arithmetic; no pixels processed)."""
+        return int(processor._get_num_multimodal_tokens(image_sizes=[(height, width)])["num_image_tokens"][0])
+
+    def save_tiny(
+        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+    ) -> Path:
+        """Tiny Qwen2.5-VL: 2 decoder layers (hidden 32, GQA 4/2, mrope), a 2-block windowed vision tower, the
+        real 14-pixel patches and 2x2 merge, at most 16 image tokens per photo."""
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer = byte_level_tokenizer(
+            texts,
+            SPECIAL_TOKENS,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            chat_template=CHAT_TEMPLATE,
+        )
+        image_processor = Qwen2VLImageProcessorPil(
+            min_pixels=4 * PIXELS_PER_TOKEN, max_pixels=16 * PIXELS_PER_TOKEN
+        )
+        processor = Qwen2_5_VLProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+        )
+        ids = tokenizer.convert_tokens_to_ids
+        config = Qwen2_5_VLConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 2048,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "mrope_section": [1, 1, 2],
+                },
+                "initializer_range": 0.15,  # peaked outputs: a random tiny model still answers order-sensitively
+                "tie_word_embeddings": False,
+                "bos_token_id": None,
+                "eos_token_id": ids("<|im_end|>"),
+                "pad_token_id": ids("<|endoftext|>"),
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 16,
+                "intermediate_size": 24,
+                "num_heads": 2,
+                "out_hidden_size": 32,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "window_size": 56,
+                "fullatt_block_indexes": [1],
+                "initializer_range": 0.15,
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+            tie_word_embeddings=False,
+        )
+        model = seeded(lambda: Qwen2_5_VLForConditionalGeneration(config), seed)
+        return write_folder(folder, model, processor, overwrite)
+
+
+FAMILY = Qwen25VL()
