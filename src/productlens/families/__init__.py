@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -53,7 +53,9 @@ class Family:
         "down_proj",
     )
     cost_knobs: tuple[str, ...] = ()  # processor settings that trade image tokens (memory, speed) for detail
-    recommended_cost: dict[str, Any] = {}  # memory-sensible knob values for the real checkpoints (presets)
+    recommended_cost: ClassVar[
+        dict[str, Any]
+    ] = {}  # memory-sensible knob values for the real checkpoints (presets)
     hub_ids: tuple[str, ...] = ()  # the real checkpoints, smallest first
     # transformers' processor minus its video processor, for machines without torchvision (transformers' video
     # processors need it, and its video-capable processors refuse to be built without one); None: not needed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from productlens.families import Family
 from productlens.families.tiny import byte_level_tokenizer, seeded, write_folder
@@ -47,7 +47,7 @@ class Gemma3(Family):
     language_module = "language_model"
     cost_knobs = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size")
     # one 896-px view = 256 image tokens per photo; pan-and-scan would add up to 4 crops of 256 each
-    recommended_cost = {"do_pan_and_scan": False}
+    recommended_cost: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
     hub_ids = ("google/gemma-3-4b-it", "google/gemma-3-12b-it")
 
     def image_token_id(self, processor: Any) -> int:

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -25,7 +25,9 @@ class Phi3V(Family):
     parts = (("vision_embed_tokens.img_processor.", "vision"), ("vision_embed_tokens.", "projection"))
     lora_targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     cost_knobs = ("num_crops",)
-    recommended_cost = {"num_crops": 4}  # Phi-3.5-V's own setting; 16 (Phi-3-V's) quadruples the image tokens
+    recommended_cost: ClassVar[dict[str, Any]] = {
+        "num_crops": 4
+    }  # Phi-3.5-V's own setting; 16 (Phi-3-V's) quadruples the image tokens
     hub_ids = ("microsoft/Phi-3.5-vision-instruct", "microsoft/Phi-3-vision-128k-instruct")
 
     def prompt(self, processor: Any, question: str) -> str:

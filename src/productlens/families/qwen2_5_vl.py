@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import transformers
 
@@ -58,7 +58,10 @@ class Qwen25VL(Family):
     language_module = "language_model"
     cost_knobs = ("min_pixels", "max_pixels")
     # at most 512 image tokens per photo (the checkpoint allows 16384): product photos need no more
-    recommended_cost = {"min_pixels": 64 * PIXELS_PER_TOKEN, "max_pixels": 512 * PIXELS_PER_TOKEN}
+    recommended_cost: ClassVar[dict[str, Any]] = {
+        "min_pixels": 64 * PIXELS_PER_TOKEN,
+        "max_pixels": 512 * PIXELS_PER_TOKEN,
+    }
     hub_ids = ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")
     image_only_processor = Qwen2_5_VLProcessor
 

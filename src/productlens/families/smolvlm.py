@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import transformers
 
@@ -58,7 +59,7 @@ class SmolVLM(Family):
     language_module = "text_model"
     cost_knobs = ("do_image_splitting", "size", "max_image_size")
     # photo resized to at most 768 px: a 2x2 grid of 384-px crops + the global view (the checkpoint: up to 4x4)
-    recommended_cost = {"size": {"longest_edge": 768}}
+    recommended_cost: ClassVar[dict[str, Any]] = {"size": {"longest_edge": 768}}
     hub_ids = ("HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct")
     image_only_processor = SmolVLMProcessor
 
