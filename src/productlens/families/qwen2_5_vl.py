@@ -56,7 +56,7 @@ class Qwen25VL(Family):
     end_of_turn = "<|im_end|>"
     parts = (("visual.merger.", "projection"), ("visual.", "vision"))
     language_module = "language_model"
-    cost_knobs = ("min_pixels", "max_pixels")
+    cost_knobs = ("min_pixels", "max_pixels", "size")
     # at most 512 image tokens per photo (the checkpoint allows 16384): product photos need no more
     recommended_cost: ClassVar[dict[str, Any]] = {
         "min_pixels": 64 * PIXELS_PER_TOKEN,
@@ -64,6 +64,25 @@ class Qwen25VL(Family):
     }
     hub_ids = ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct")
     image_only_processor = Qwen2_5_VLProcessor
+
+    def load_processor(self, path: str | os.PathLike, **cost: Any) -> Any:
+        """AutoProcessor, with `min_pixels` / `max_pixels` (pixels per photo after resizing) set as the image
+        processor's size edges (transformers 5 deprecates them as call arguments)."""
+        from transformers.image_utils import SizeDict
+
+        pixels = {k: int(cost.pop(k)) for k in ("min_pixels", "max_pixels") if k in cost}
+        processor = super().load_processor(path, **cost)
+        if pixels:
+            size = processor.image_processor.size
+            low = pixels.get("min_pixels", size["shortest_edge"])
+            high = pixels.get("max_pixels", size["longest_edge"])
+            if not PIXELS_PER_TOKEN <= low <= high:
+                raise ValueError(
+                    f"need {PIXELS_PER_TOKEN} <= min_pixels <= max_pixels, got {low} and {high} "
+                    f"(each image token covers {PIXELS_PER_TOKEN} pixels)"
+                )
+            processor.image_processor.size = SizeDict(shortest_edge=low, longest_edge=high)
+        return processor
 
     def image_tokens(self, processor: Any, width: int, height: int) -> int:
         """Image tokens from the size alone (the processor's own arithmetic; no pixels processed)."""
