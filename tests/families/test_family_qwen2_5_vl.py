@@ -15,7 +15,8 @@ NAME = "qwen2_5_vl"
 
 def test_pixel_budget_is_the_cost_knob(tiny):
     family, processor, _, folder = tiny
-    small = family.load_processor(folder, max_pixels=4 * 28 * 28)
+    assert family.pixels_per_token == 28 * 28
+    small = family.load_processor(folder, max_pixels=4 * family.pixels_per_token)
     assert family.image_tokens(processor, 200, 200) == 16  # the tiny model's own budget: 16 x 28x28 pixels
     assert family.image_tokens(small, 200, 200) == 4
     inputs = family.encode(small, [family.prompt(small, "?")], [photo((200, 200), 0)])

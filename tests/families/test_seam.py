@@ -5,12 +5,12 @@ import re
 
 import pytest
 
-from productlens.families import MODULES, family_for, get_family, names
+from productlens.families import MODEL_TYPES, family_for, get_family, names
 
 
 def test_every_family_is_found_by_its_model_type_and_by_name():
-    assert names() == ["phi3v", "qwen2_5_vl", "smolvlm", "gemma3"]
-    for model_type in MODULES:
+    assert names() == ["phi3v", "qwen2_5_vl", "qwen3_vl", "smolvlm", "gemma3"]
+    for model_type in MODEL_TYPES:
         family = family_for({"model_type": model_type})
         assert model_type in family.model_types and get_family(family.name) is family
     assert get_family("Qwen2.5-VL") is get_family("qwen2_5_vl") is family_for({"model_type": "qwen2_5_vl"})
@@ -20,7 +20,7 @@ def test_family_flag_overrides_and_unknown_names_say_what_to_do():
     assert family_for({"model_type": "phi3_v"}, override="gemma3").name == "gemma3"
     with pytest.raises(ValueError, match=r"model_type 'llava'.*--family"):
         family_for({"model_type": "llava"})
-    with pytest.raises(ValueError, match="choose one of phi3v, qwen2_5_vl, smolvlm, gemma3"):
+    with pytest.raises(ValueError, match="choose one of phi3v, qwen2_5_vl, qwen3_vl, smolvlm, gemma3"):
         get_family("llama")
 
 
@@ -38,6 +38,12 @@ def test_family_flag_overrides_and_unknown_names_say_what_to_do():
             "model.visual.blocks.0.mlp.gate_proj.weight",
             "model.visual.merger.mlp.0.weight",
             "model.language_model.layers.0.mlp.gate_proj.weight",
+        ),
+        (
+            "qwen3_vl",
+            "model.visual.blocks.0.mlp.linear_fc1.weight",
+            "model.visual.deepstack_merger_list.0.linear_fc1.weight",
+            "model.language_model.layers.0.mlp.down_proj.weight",
         ),
         (
             "smolvlm",

@@ -9,7 +9,7 @@ targets, what its image-cost knob is, and how to build a tiny random model for C
     processor = family.load_processor(path, max_pixels=200_704)
 
 One module per family (phi3v.py, qwen2_5_vl.py, smolvlm.py, gemma3.py) holds only what differs; a new family is one
-new module and one line in `MODULES`. Native families load through transformers' own Auto classes.
+new module (its `FAMILIES`) and a line in `MODULES` and `MODEL_TYPES`. Native families load through transformers' own Auto classes.
 """
 
 from __future__ import annotations
@@ -24,10 +24,19 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-# model_type (config.json) -> the module under productlens.families that serves it
+# family name -> the module under productlens.families that defines it (in its FAMILIES)
 MODULES = {
+    "phi3v": "phi3v",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen2_5_vl",
+    "smolvlm": "smolvlm",
+    "gemma3": "gemma3",
+}
+# model_type (a checkpoint's config.json) -> family name
+MODEL_TYPES = {
     "phi3_v": "phi3v",
     "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
     "smolvlm": "smolvlm",
     "gemma3": "gemma3",
 }
@@ -221,32 +230,30 @@ def _encoded(family: Family, processor: Any, question: str, width: int, height: 
 
 
 def get_family(name: str) -> Family:
-    """A family by name or model_type ('phi3v', 'qwen2_5_vl', 'smolvlm', 'gemma3', ...), e.g. from --family."""
+    """A family by name or model_type ('phi3v', 'qwen2_5_vl', 'qwen3_vl', 'smolvlm', 'gemma3'), e.g. --family."""
     key = str(name).strip().lower().replace("-", "_").replace(".", "_")
-    module = MODULES.get(key) or (key if key in MODULES.values() else None)
-    if module is None:
+    key = MODEL_TYPES.get(key, key)
+    if key not in MODULES:
         raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(names())}")
-    return importlib.import_module(f"productlens.families.{module}").FAMILY
+    return importlib.import_module(f"productlens.families.{MODULES[key]}").FAMILIES[key]
 
 
 def family_for(config: Any, override: str | None = None) -> Family:
     """The family of a checkpoint config (its `model_type`); `override` (--family) wins when given."""
     if override:
         return get_family(override)
-    model_type = getattr(config, "model_type", None) or (
-        config.get("model_type") if isinstance(config, dict) else None
-    )
-    if model_type not in MODULES:
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPES:
         raise ValueError(
-            f"no productlens model family for model_type {model_type!r}; supported: {', '.join(MODULES)} "
+            f"no productlens model family for model_type {model_type!r}; supported: {', '.join(MODEL_TYPES)} "
             "(pass --family NAME if this checkpoint is one of them under another name)"
         )
-    return get_family(model_type)
+    return get_family(MODEL_TYPES[model_type])
 
 
 def names() -> list[str]:
     """The family names, in registry order."""
-    return list(dict.fromkeys(MODULES.values()))
+    return list(MODULES)
 
 
-__all__ = ["IGNORE_INDEX", "MODULES", "Family", "family_for", "get_family", "names"]
+__all__ = ["IGNORE_INDEX", "MODEL_TYPES", "MODULES", "Family", "family_for", "get_family", "names"]

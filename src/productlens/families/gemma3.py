@@ -121,3 +121,4 @@ class Gemma3(Family):
 
 
 FAMILY = Gemma3()
+FAMILIES = {FAMILY.name: FAMILY}

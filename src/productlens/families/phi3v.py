@@ -104,3 +104,4 @@ class Phi3V(Family):
 
 
 FAMILY = Phi3V()
+FAMILIES = {FAMILY.name: FAMILY}

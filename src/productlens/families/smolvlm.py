@@ -53,7 +53,7 @@ CROP, PATCH = 32, 8  # tiny crop side and patch: 4x4 patches, merged 2x2 -> 4 im
 
 class SmolVLM(Family):
     name = "smolvlm"
-    model_types = ("smolvlm", "idefics3")
+    model_types = ("smolvlm",)
     end_of_turn = "<end_of_utterance>"
     parts = (("connector.", "projection"), ("vision_model.", "vision"))
     language_module = "text_model"
@@ -124,3 +124,4 @@ class SmolVLM(Family):
 
 
 FAMILY = SmolVLM()
+FAMILIES = {FAMILY.name: FAMILY}
