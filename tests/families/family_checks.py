@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -19,7 +20,7 @@ from transformers import Trainer, TrainingArguments
 
 from productlens.collate import product_of
 from productlens.families import IGNORE_INDEX
-from productlens.families.collate import FamilyCollator
+from productlens.families.collate import FamilyCollator, example_lengths
 from productlens.task.prompts import AnswerTemplate
 
 TEMPLATE = AnswerTemplate()
@@ -101,6 +102,8 @@ def check_label_mask(family, processor) -> None:
         assert int((alone == image_id).sum()) == family.image_tokens(processor, *row["image"].size) > 0
         lengths.append(total)
     assert len(set(lengths)) > 1 and mask.sum(1).tolist() == lengths  # ragged rows, right-padded
+    dataset = datasets.Dataset.from_list(data).cast_column("image", datasets.Image())
+    assert example_lengths(family, processor, TEMPLATE, dataset) == lengths  # exact, from sizes alone
     assert (ids[mask == 0] == family.pad_token_id(processor)).all()
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 
-from productlens.collate import product_of
+from productlens.collate import image_size, product_of
 from productlens.families import IGNORE_INDEX, Family
 from productlens.task.prompts import AnswerTemplate
 
@@ -102,4 +102,19 @@ class FamilyCollator:
         )
 
 
-__all__ = ["FamilyCollator", "training_batch"]
+def example_lengths(family: Family, processor: Any, template: AnswerTemplate, dataset: Any) -> list[int]:
+    """Tokens per row of a prepared dataset (prompt with image tokens + completion), as FamilyCollator builds
+    it; photos are not decoded (the prompt length comes from the photo's size, computed once per size)."""
+    from datasets import Image as ImageFeature
+
+    completions = [
+        family.completion(processor, template.question, template.render_answer(product_of(row)))
+        for row in dataset.select_columns(["id", "title", "category", "price"]).to_list()
+    ]
+    answers = processor.tokenizer(completions, add_special_tokens=False)["input_ids"]
+    cells = dataset.cast_column("image", ImageFeature(decode=False))["image"]
+    prompts = [family.prompt_length(processor, template.question, *image_size(cell)) for cell in cells]
+    return [p + len(a) for p, a in zip(prompts, answers, strict=True)]
+
+
+__all__ = ["FamilyCollator", "example_lengths", "training_batch"]
