@@ -62,9 +62,8 @@ class Family:
         "down_proj",
     )
     cost_knobs: tuple[str, ...] = ()  # processor settings that trade image tokens (memory, speed) for detail
-    recommended_cost: ClassVar[
-        dict[str, Any]
-    ] = {}  # memory-sensible knob values for the real checkpoints (presets)
+    # memory-sensible knob values for the real checkpoints (for presets)
+    recommended_cost: ClassVar[dict[str, Any]] = {}
     hub_ids: tuple[str, ...] = ()  # the real checkpoints, smallest first
     # transformers' processor minus its video processor, for machines without torchvision (transformers' video
     # processors need it, and its video-capable processors refuse to be built without one); None: not needed
