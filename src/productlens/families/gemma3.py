@@ -1,0 +1,124 @@
+"""Gemma 3 (4B and up, with vision): '<start_of_turn>user ... <end_of_turn>' turns, the assistant role named
+'model'; a photo becomes `<start_of_image>` + a fixed number of `<image_soft_token>`s (256 in the real model) +
+`<end_of_image>`. Cost knob: pan-and-scan (`do_pan_and_scan`: extra crops of large, elongated photos; off by
+default). Tower `vision_tower` (SigLIP), projector `multi_modal_projector`, decoder `language_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from productlens.families import Family
+from productlens.families.tiny import byte_level_tokenizer, seeded, write_folder
+
+SPECIAL_TOKENS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+# The Gemma 3 format for text and image turns; written for the tiny models (real checkpoints bring their own).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+SIDE, PATCH, TOKENS = 32, 8, 4  # tiny: 32-px photos, 4x4 patches pooled to 2x2 = 4 image tokens
+
+
+class Gemma3(Family):
+    name = "gemma3"
+    model_types = ("gemma3",)
+    end_of_turn = "<end_of_turn>"
+    parts = (("multi_modal_projector.", "projection"), ("vision_tower.", "vision"))
+    language_module = "language_model"
+    cost_knobs = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size")
+    # one 896-px view = 256 image tokens per photo; pan-and-scan would add up to 4 crops of 256 each
+    recommended_cost: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}
+    hub_ids = ("google/gemma-3-4b-it", "google/gemma-3-12b-it")
+
+    def image_token_id(self, processor: Any) -> int:
+        """The soft token (the processor's own `image_token_id` is the `<start_of_image>` placeholder)."""
+        return int(processor.tokenizer.image_token_id)
+
+    def save_tiny(
+        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+    ) -> Path:
+        """Tiny Gemma 3: 2 decoder layers (hidden 32, sliding + global attention), a 2-layer SigLIP tower on
+        32-px photos (8-px patches), the real average-pool projector: 4 image tokens per photo."""
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        tokenizer = byte_level_tokenizer(
+            texts,
+            SPECIAL_TOKENS,
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+            chat_template=CHAT_TEMPLATE,
+            extra_special_tokens={
+                "boi_token": "<start_of_image>",
+                "eoi_token": "<end_of_image>",
+                "image_token": "<image_soft_token>",
+            },
+        )
+        image_processor = Gemma3ImageProcessorPil(size={"height": SIDE, "width": SIDE}, do_pan_and_scan=False)
+        processor = Gemma3Processor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=CHAT_TEMPLATE,
+            image_seq_length=TOKENS,
+        )
+        ids = tokenizer.convert_tokens_to_ids
+        config = Gemma3Config(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 8,
+                "query_pre_attn_scalar": 8,
+                "sliding_window": 16,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "max_position_embeddings": 2048,
+                "initializer_range": 0.15,  # peaked outputs: a random tiny model still answers order-sensitively
+                "bos_token_id": ids("<bos>"),
+                "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
+                "pad_token_id": ids("<pad>"),
+            },
+            vision_config={
+                "hidden_size": 16,
+                "intermediate_size": 24,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": SIDE,
+                "patch_size": PATCH,
+                "vision_use_head": False,
+            },
+            mm_tokens_per_image=TOKENS,
+            boi_token_index=ids("<start_of_image>"),
+            eoi_token_index=ids("<end_of_image>"),
+            image_token_index=ids("<image_soft_token>"),
+            initializer_range=0.15,
+        )
+        model = seeded(lambda: Gemma3ForConditionalGeneration(config), seed)
+        return write_folder(folder, model, processor, overwrite)
+
+
+FAMILY = Gemma3()
+FAMILIES = {FAMILY.name: FAMILY}
