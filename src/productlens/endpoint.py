@@ -2,7 +2,8 @@
 photos in, the same `Prediction`s as a local `Predictor` out, read from the answers by the same parser.
 
 In: the server's URL (and API key), PIL images. Out: `Prediction`s, in order. Requests run `concurrency` at a
-time; 429s, 5xx answers and dropped connections are retried with backoff (honouring Retry-After).
+time; 429s, 5xx answers and dropped connections are retried with backoff (honouring Retry-After). A photo the
+server refuses (400, 413, 415, 422) becomes that photo's `Refused`; anything else the server refuses stops the run.
 Used by `productlens predict --endpoint` and `productlens evaluate --endpoint`.
 """
 
@@ -14,6 +15,7 @@ import io
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,10 +26,26 @@ from productlens.task.parse import parse_answer
 from productlens.task.prompts import AnswerTemplate
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+PHOTO_STATUSES = frozenset({400, 413, 415, 422})  # the server refused this request's content, not the run
 
 
 class EndpointError(RuntimeError):
     """The server refused a request (a 4xx) or kept failing after every retry."""
+
+
+class PhotoRefused(EndpointError):
+    """The server refused one photo's request (400, 413, 415, 422): that photo's error, not the run's."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Stands in a prediction list for a photo the server refused: `error` says what it answered."""
+
+    error: str
+
+    def as_failed(self) -> Prediction:
+        """A Prediction that read nothing (scored as every field failed)."""
+        return Prediction(None, None, None, "", ("title", "category", "price"))
 
 
 class RemotePredictor:
@@ -73,8 +91,10 @@ class RemotePredictor:
             self._model = str(models[0])
         return self._model
 
-    def predict(self, images: Sequence[Image.Image], batch_size: int | None = None) -> list[Prediction]:
-        """Photos -> one Prediction each, in order (`batch_size` is ignored: the server batches)."""
+    def predict(
+        self, images: Sequence[Image.Image], batch_size: int | None = None
+    ) -> list[Prediction | Refused]:
+        """Photos -> one Prediction (or Refused) each, in order (`batch_size` is ignored: the server batches)."""
         if not images:
             return []
         model = self.model
@@ -93,16 +113,19 @@ class RemotePredictor:
 
         return asyncio.run(once())
 
-    async def _predict_all(self, images: list[Image.Image], model: str) -> list[Prediction]:
+    async def _predict_all(self, images: list[Image.Image], model: str) -> list[Prediction | Refused]:
         gate = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(**self._client_options(), limits=limits) as client:
 
-            async def one(image: Image.Image) -> Prediction:
+            async def one(image: Image.Image) -> Prediction | Refused:
                 body = self._request(image, model)
                 async with gate:
                     began = time.perf_counter()
-                    answer = await self._with_retries(lambda: client.post("/chat/completions", json=body))
+                    try:
+                        answer = await self._with_retries(lambda: client.post("/chat/completions", json=body))
+                    except PhotoRefused as exc:
+                        return Refused(str(exc))
                     seconds = time.perf_counter() - began
                 text = _content(answer)
                 parsed = parse_answer(text, self.template)
@@ -146,7 +169,8 @@ class RemotePredictor:
                 await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
                 continue
             hint = " (pass --api-key)" if response.status_code == 401 else ""
-            raise EndpointError(
+            error = PhotoRefused if response.status_code in PHOTO_STATUSES else EndpointError
+            raise error(
                 f"{response.request.method} {response.request.url} answered {response.status_code}{hint}: "
                 f"{_message(response)}"
             )

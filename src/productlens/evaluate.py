@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from productlens.endpoint import Refused
 from productlens.files import write_atomic
 from productlens.predict import Constraints, Prediction, Predictor
 from productlens.task.metrics import evaluate_split, price_errors, row_scores, score_predictions
@@ -90,7 +91,9 @@ def evaluate(
         for start in range(0, len(rows), chunk):
             part = undecoded[start : start + chunk]
             images = [_image(item) for item in part["image"]]
-            predictions += predictor.predict(images, batch_size)
+            predictions += [  # a photo an endpoint refused is scored as read wrong in every field
+                p.as_failed() if isinstance(p, Refused) else p for p in predictor.predict(images, batch_size)
+            ]
             if nn_baseline:
                 features.append(predictor.image_features(images, batch_size))
             for i, item in enumerate(part["image"]):

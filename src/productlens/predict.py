@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from productlens.endpoint import Refused
 from productlens.predictor import (  # noqa: F401  (re-exported: the old import path keeps working)
     ADAPTER_SUBFOLDER,
     HUB_ID,
@@ -165,11 +166,12 @@ def predict_inputs(
                 zip(good, predictor.predict([loaded[i] for i in good], batch_size), strict=True)
             )
             for i, entry in enumerate(part):
-                if i in predictions:
-                    writer.write({"input": entry, **predictions[i].as_dict(), "error": None})
+                result = predictions.get(i)
+                if result is not None and not isinstance(result, Refused):
+                    writer.write({"input": entry, **result.as_dict(), "error": None})
                     succeeded += 1
                 else:
-                    message = str(loaded[i])
+                    message = result.error if result is not None else str(loaded[i])
                     bar.write(f"warning: {entry}: {message}", file=sys.stderr)
                     writer.write({"input": entry, **_empty_prediction(), "error": message})
                     failed += 1

@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 from productlens.catalog.photos import PhotoSpec, draw_photo, encode_jpeg
 from productlens.catalog.server import ImageServer
 from productlens.cli import app as cli
-from productlens.endpoint import EndpointError, RemotePredictor
+from productlens.endpoint import EndpointError, Refused, RemotePredictor
 from productlens.phi3v.tiny import save_tiny_model
-from productlens.predict import Predictor
+from productlens.predict import Predictor, predict_inputs
 from productlens.serve.app import ServeSettings, create_app, serve_in_thread
 
 TEXTS = [
@@ -522,4 +522,32 @@ def test_remote_predictor_retries_429_and_5xx_then_parses_with_the_same_parser()
         FlakyHandler.answers = [(503, {"error": {"message": "busy"}})] * 3
         with pytest.raises(EndpointError, match="503"):
             RemotePredictor(url, model="m", retries=2).predict([image])
+        httpd.shutdown()
+
+
+def test_a_photo_the_server_refuses_is_that_photos_error_row_and_the_run_goes_on(tmp_path):
+    """A 400 for one photo's request becomes that photo's row (and a failed prediction in evaluate)."""
+    FlakyHandler.answers = [(400, {"error": {"message": "image too small"}})]
+    FlakyHandler.seen = []
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        remote = RemotePredictor(url, model="m", retries=3, concurrency=1)
+        images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (10, 200, 10))]
+        refused, read = remote.predict(images)
+        assert isinstance(refused, Refused) and "400" in refused.error and "image too small" in refused.error
+        assert refused.as_failed().failures == ("title", "category", "price")
+        assert (read.title, read.category, read.price) == ("Check Wool Scarf", "SCARVES", 450.0)
+        assert FlakyHandler.seen == ["/v1/chat/completions"] * 2  # a refusal is not retried
+
+        for i, image in enumerate(images):
+            image.save(tmp_path / f"{i}.png")
+        FlakyHandler.answers = [(400, {"error": {"message": "image too small"}})]
+        out = tmp_path / "rows.jsonl"
+        summary = predict_inputs(
+            RemotePredictor(url, model="m", concurrency=1), [tmp_path / "0.png", tmp_path / "1.png"], out
+        )
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert (summary.succeeded, summary.failed) == (1, 1)
+        assert "image too small" in rows[0]["error"] and rows[1]["error"] is None
         httpd.shutdown()
