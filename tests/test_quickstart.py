@@ -2,14 +2,18 @@
 prepares it, trains a tiny Phi-3-Vision from scratch on the CPU and must visibly learn on the held-out test
 split: category accuracy >= 3x the majority class, price median APE <= 0.6x the training median's, title token
 F1 >= 2x the most common title's. The CI run trains half as many steps as the README's default (CI_SETTINGS);
-both meet the targets."""
+both meet the targets. It also leaves an offline W&B run (no key needed) whose history holds the losses, the
+learning rate and the task metrics of every evaluation, read back from the .wandb file."""
 
 import json
 import os
 import subprocess
 import sys
 
-from productlens.quickstart import TARGETS
+from test_tracking import _records
+
+from productlens.quickstart import TARGETS, _wandb_offline_unless_set
+from productlens.tracking import wandb_mode
 
 # The suite's quickstart: half the catalog and half the steps of configs/quickstart.yaml (about 3 minutes on
 # two cores instead of about 7); `productlens quickstart` without --set is the README's run.
@@ -21,14 +25,29 @@ CI_SETTINGS = [
 ]
 
 
+def test_wandb_is_offline_unless_wandb_mode_says_otherwise(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "a-key")  # even with a key: the quickstart stays offline
+    with _wandb_offline_unless_set(True):
+        assert wandb_mode()[0] == "offline"
+    assert "WANDB_MODE" not in os.environ
+    with _wandb_offline_unless_set(False):  # report_to none: nothing set
+        assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with _wandb_offline_unless_set(True):
+        assert wandb_mode()[0] == "online"
+
+
 def test_quickstart_learns(tmp_path):
     out = tmp_path / "qs"
     command = [sys.executable, "-m", "productlens", "quickstart", "--out", str(out)]
     for setting in CI_SETTINGS:
         command += ["--set", setting]
-    run = subprocess.run(
-        command, capture_output=True, text=True, timeout=1200, env={**os.environ, "COLUMNS": "120"}
-    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR")}
+    env.update({"COLUMNS": "120", "NETRC": str(tmp_path / "no-netrc")})
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        env[name] = str(tmp_path / "wandb-home")
+    run = subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.count("PASS") == 3 and "FAIL" not in run.stdout, run.stdout[-3000:]
 
@@ -66,3 +85,42 @@ def test_quickstart_learns(tmp_path):
     (prediction,) = predictor.predict([first["image"].convert("RGB")])
     assert prediction.raw_text == records[0]["raw_text"]  # the saved model is the one that was scored
     assert prediction.category == records[0]["parsed"]["category"]
+
+    _check_the_wandb_run(out, run.stdout, metrics)
+
+
+def _check_the_wandb_run(out, stdout, metrics):
+    """The quickstart's offline W&B run: printed with its `wandb sync` command; losses, learning rate and the
+    task metrics of each evaluation (the trainer's own numbers), a prediction table, the model artifact."""
+    from pathlib import Path
+
+    run_dir = Path(metrics["quickstart"]["wandb_run"])
+    assert run_dir.parent == out / "wandb" and run_dir.name.startswith("offline-run-")
+    assert f"wandb sync {run_dir}" in stdout
+    records = _records(next(run_dir.glob("run-*.wandb")))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.project == "productlens-quickstart" and run.display_name == "quickstart"
+    history = [
+        {i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    for key in ("train/loss", "train/learning_rate", "eval/loss", "eval/failure_rate"):
+        assert any(key in h for h in history), key
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    evals = [e for e in state["log_history"] if "eval_category_accuracy" in e]
+    assert len(evals) == 5  # 2500 steps, an evaluation every 500
+    for name in ("category_accuracy", "price_median_ape", "title_token_f1"):
+        logged = [
+            (json.loads(h["train/global_step"]), json.loads(h[f"eval/{name}"]))
+            for h in history
+            if f"eval/{name}" in h
+        ]
+        expected = [(e["step"], e[f"eval_{name}"]) for e in evals]
+        assert [s for s, _ in logged] == [s for s, _ in expected], name
+        assert all(abs(a - b) < 1e-9 for (_, a), (_, b) in zip(logged, expected, strict=True)), name
+    tables = [h for h in history if h.get("eval/predictions/_type") == '"table-file"']
+    assert len(tables) == 5 and all(json.loads(t["eval/predictions/nrows"]) == 16 for t in tables)
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    (model,) = [a for a in artifacts if a.type == "model"]
+    assert {e.path for e in model.manifest.contents} >= {"model.safetensors", "config.json", "tokenizer.json"}

@@ -1,7 +1,7 @@
 """The whole pipeline on a laptop CPU: a synthetic catalog served on loopback, prepared, a tiny Phi-3-Vision
 trained from scratch, evaluated on the held-out test split. In: a preset (configs/quickstart.yaml) and an output
-folder. Out: that folder as a run folder (model/, metrics.json, report.html, predictions.jsonl) plus the
-targets it must reach, printed beside their baselines.
+folder. Out: that folder as a run folder (model/, metrics.json, report.html, predictions.jsonl, wandb/: an
+offline W&B run unless WANDB_MODE says otherwise) plus the targets it must reach, printed beside their baselines.
 
     productlens quickstart --out runs/quickstart
 """
@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def run_quickstart(
             },
         )
     )
-    result = train(config)
+    tracked = _reports_to_wandb(config.training.get("report_to"))
+    with _wandb_offline_unless_set(tracked):
+        result = train(config)
     seconds["train"] = time.monotonic() - mark
 
     console.rule("4/4 evaluation on the held-out test split")
@@ -170,9 +173,50 @@ def run_quickstart(
         "seconds": seconds,
         "train_steps": result.global_step,
     }
+    wandb_run = _wandb_run_folder(out) if tracked else None
+    if wandb_run is not None:
+        metrics["quickstart"]["wandb_run"] = str(wandb_run)
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     print_targets(targets, seconds)
+    if wandb_run is not None:
+        print_wandb(wandb_run)
     return QuickstartResult(out, result.model_dir or out / "model", metrics, targets, seconds)
+
+
+def _reports_to_wandb(report_to: Any) -> bool:
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return "wandb" in names or "all" in names
+
+
+@contextmanager
+def _wandb_offline_unless_set(tracked: bool) -> Iterator[None]:
+    """W&B offline for the quickstart (a run folder to look at or `wandb sync`), unless WANDB_MODE is set."""
+    if not tracked or os.environ.get("WANDB_MODE"):
+        yield
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        yield
+    finally:
+        os.environ.pop("WANDB_MODE", None)
+
+
+def _wandb_run_folder(out: Path) -> Path | None:
+    """The W&B run the training left (OUT/wandb/offline-run-* or run-*; WANDB_DIR moves it): the newest."""
+    root = Path(os.environ.get("WANDB_DIR") or out) / "wandb"
+    runs = sorted(
+        (p for p in root.glob("*run-*") if p.is_dir() and not p.is_symlink()), key=lambda p: p.stat().st_mtime
+    )
+    return runs[-1] if runs else None
+
+
+def print_wandb(run: Path) -> None:
+    """Where the W&B run is, and how to upload an offline one."""
+    console.print(
+        f"W&B run (losses, learning rate, task metrics, prediction tables, model): {run}", soft_wrap=True
+    )
+    if run.name.startswith("offline-"):
+        console.print(f"upload it with: wandb sync {run}", soft_wrap=True)
 
 
 def _fresh_folder(out: Path) -> None:

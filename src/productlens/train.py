@@ -150,6 +150,11 @@ def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
         kwargs["device_map"] = {"": args.device}
         kwargs["dtype"] = compute
     model = AutoModelForCausalLM.from_pretrained(config.model.path, **kwargs)
+    # transformers 5.24 under DeepSpeed ZeRO-3 keeps every key conversion it tried, not only those it used, so
+    # saving would add CLIPVisionModel's "vision_model." prefix a second time: keep the used ones, as it does
+    # without DeepSpeed
+    if getattr(model, "_weight_conversions", None):
+        model._weight_conversions = [c for c in model._weight_conversions if c.was_used()]
     if finetune.method == "full":
         set_trainable(model, finetune)
         return model
@@ -263,6 +268,12 @@ def training_arguments(config: RunConfig) -> TrainingArguments:
     """config.training -> TrainingArguments (run name defaulting to the output folder's name)."""
     values = dict(config.training)
     values.setdefault("run_name", config.wandb.name or Path(values["output_dir"]).name)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        # accelerate (1.15) selects FSDP only on GPUs; on CPUs it would silently train plain DDP instead
+        raise RuntimeError(
+            "FSDP (configs/accelerate/fsdp.yaml) needs GPUs: accelerate does not run FSDP on the CPU; "
+            "use configs/accelerate/ddp.yaml, a DeepSpeed config or torchrun here"
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # several processes (torchrun) on a machine without a GPU: transformers only goes data-parallel
         # (gloo) when told that the CPU is the device
