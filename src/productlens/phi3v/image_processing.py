@@ -202,7 +202,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
         Options left None take this processor's values.
         """
         self._refuse(kwargs)
-        unknown = sorted(k for k in kwargs if k not in REFUSED)
+        unknown = sorted(k for k, v in kwargs.items() if k not in REFUSED and v is not None)
         if unknown:
             raise TypeError(
                 f"unexpected arguments {unknown}; Phi3VImageProcessor takes num_crops, return_tensors, do_rescale, "

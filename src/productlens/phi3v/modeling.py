@@ -218,12 +218,15 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         self.image_token_id = image_token_id(config)
         self.post_init()
 
+    @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, **kwargs: Any
     ) -> BaseModelOutputWithPooling:
         """pixel_values [N, C+1, 3, S, S], image_sizes [N, 2] -> CLIP's output (every hidden state, attentions
         if asked) with `pooler_output` = the projected image embeddings, one [T_i, hidden] per image."""
-        record = {k: v for k, v in kwargs.items() if k == "output_attentions"}
+        asked = {k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")}
+        asked = {k: getattr(self.config, k) if v is None else v for k, v in asked.items()}
+        record = {"output_attentions": asked["output_attentions"]}
         embedding = self.vision_embed_tokens
         merged = embedding.merged_features(pixel_values, image_sizes, record)  # [T, 4D]
         weight = next(embedding.img_projection.parameters())
@@ -233,7 +236,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         ]
         out = record["clip"]
         out.pooler_output = list(features.split(sizes))
-        if not kwargs.get("output_hidden_states", self.config.output_hidden_states):
+        if not asked["output_hidden_states"]:
             out.hidden_states = None
         return out
 
@@ -289,7 +292,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
                 "pixel_values and image_sizes that Phi3VProcessor returned with these input_ids."
             )
         if kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
-            vision = self.get_image_features(pixel_values, image_sizes, **kwargs)
+            vision = self.get_image_features(pixel_values, image_sizes, return_dict=True, **kwargs)
             features = torch.cat(vision.pooler_output)  # [T, hidden]
         else:
             vision, features = None, self.vision_embed_tokens(pixel_values, image_sizes)  # [T, hidden]
@@ -305,6 +308,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         return merged, vision
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -335,6 +339,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(**outputs, image_outputs=vision)

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from productlens.phi3v.image_processing import Phi3VImageProcessor
+from productlens.phi3v.image_processing import Phi3VImageProcessor, Phi3VImagesKwargs
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 END_TOKEN = "<|end|>"
@@ -27,6 +27,16 @@ IGNORE_INDEX = -100
 ImageArg = Image.Image | Sequence[Image.Image] | None
 
 
+class Phi3VProcessorKwargs(ProcessingKwargs, total=False):
+    """`Phi3VProcessor.__call__` options; defaults: pad to the longest row on the left, PyTorch tensors."""
+
+    images_kwargs: Phi3VImagesKwargs
+    _defaults = {  # noqa: RUF012  (transformers' ProcessingKwargs convention)
+        "text_kwargs": {"padding": True, "padding_side": "left"},
+        "common_kwargs": {"return_tensors": "pt"},
+    }
+
+
 class Phi3VProcessor(ProcessorMixin):
     r"""Phi-3-Vision processor: `Phi3VImageProcessor` + the official `tokenizer.json` pipeline.
 
@@ -34,6 +44,8 @@ class Phi3VProcessor(ProcessorMixin):
     transformers 5's `LlamaTokenizer` rewrites the normaliser and gives other ids than the official model saw.
     Each text chunk between image tags is tokenised separately with BOS, as the official processor does.
     """
+
+    valid_processor_kwargs = Phi3VProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs: Any):
         if type(tokenizer).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast"):
@@ -74,38 +86,38 @@ class Phi3VProcessor(ProcessorMixin):
         self,
         text: str | list[str] | None = None,
         images: ImageArg | Sequence[ImageArg] = None,
-        padding: bool | str = True,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        padding_side: str = "left",
-        return_tensors: str | None = "pt",
-        **kwargs: Any,
+        **kwargs: Unpack[Phi3VProcessorKwargs],
     ) -> BatchFeature:
         """Prompt(s) + images -> BatchFeature(input_ids, attention_mask[, pixel_values, image_sizes]).
 
         One prompt: `images` is an image or a list of images. A batch (list of prompts): `images` has one entry
-        per prompt (an image, a list of images or None). As in transformers' processors:
+        per prompt (an image, a list of images or None). Options, flat or in transformers' `text_kwargs` /
+        `images_kwargs` / `common_kwargs` dicts (tokenizer init values are defaults, except `padding_side`):
         * padding: True / "longest" (default) pads rows to the longest, "max_length" to `max_length`, False /
-          "do_not_pad" not at all; pads go on `padding_side` (left for generation), the mask marks each row.
+          "do_not_pad" not at all; pads go on `padding_side` (default left, for generation).
         * truncation: True / "longest_first" / "only_first" cuts rows longer than `max_length` on the
           tokenizer's truncation side; a cut into image slots raises an error instead.
-        * return_tensors: "pt", "np" or None (lists).
-        Image options (num_crops, do_rescale, rescale_factor, do_normalize, ...) go to the image processor;
-        transformers' nested `text_kwargs` / `images_kwargs` / `common_kwargs` dicts are accepted too.
+        * return_tensors: "pt" (default), "np" or None (lists).
+        * image options (num_crops, do_rescale, rescale_factor, do_normalize, ...) go to the image processor.
         """
-        for group in ("common_kwargs", "text_kwargs", "images_kwargs"):
-            kwargs.update(kwargs.pop(group, None) or {})
-        padding = kwargs.pop("padding", padding)
-        truncation = kwargs.pop("truncation", truncation)
-        max_length = kwargs.pop("max_length", max_length)
-        padding_side = kwargs.pop("padding_side", padding_side)
-        return_tensors = kwargs.pop("return_tensors", return_tensors)
-        image_keys = set(Phi3VImageProcessor.valid_kwargs.__annotations__) | set(
-            Phi3VImageProcessor.CALL_OPTIONS
+        for modality in ("videos", "audio"):
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"Phi-3-Vision takes text and images only, not {modality}.")
+        init = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        merged = self._merge_kwargs(Phi3VProcessorKwargs, tokenizer_init_kwargs=init, **kwargs)
+        text_kwargs, image_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        padding, truncation = text_kwargs.pop("padding", True), text_kwargs.pop("truncation", None)
+        max_length, padding_side = (
+            text_kwargs.pop("max_length", None),
+            text_kwargs.pop("padding_side", "left"),
         )
-        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in image_keys}
-        if kwargs:
-            raise TypeError(f"unexpected arguments {sorted(kwargs)}; see Phi3VProcessor.__call__.")
+        return_tensors = text_kwargs.pop("return_tensors", "pt")
+        image_kwargs.pop("return_tensors", None)
+        unsupported = sorted(k for k, v in text_kwargs.items() if v not in (None, False))
+        extras = ("return_mm_token_type_ids", "return_text_replacement_offsets")
+        unsupported = sorted({*unsupported, *(k for k in extras if merged.get(k))})
+        if unsupported:
+            raise TypeError(f"Phi3VProcessor does not support {unsupported}; see Phi3VProcessor.__call__.")
         if text is None:
             raise ValueError(
                 "text is required: a prompt or a list of prompts (see Phi3VProcessor.chat_prompt)."
