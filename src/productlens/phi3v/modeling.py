@@ -177,9 +177,13 @@ class Phi3VImageEmbedding(nn.Module):
         newline = self.sub_GN.reshape(1, 1, -1).expand(grid.shape[0], 1, -1)
         return torch.cat([grid, newline], dim=1).flatten(0, 1)
 
-    def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-        """pixel_values [N, C+1, 3, S, S], image_sizes [N, 2] -> image embeddings [T, hidden], images in order."""
-        merged = self.merged_features(pixel_values, image_sizes)
+    def forward(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, record: dict | None = None
+    ) -> torch.Tensor:
+        """pixel_values [N, C+1, 3, S, S], image_sizes [N, 2] -> image embeddings [T, hidden], images in order.
+
+        `record`: see `merged_features`."""
+        merged = self.merged_features(pixel_values, image_sizes, record)
         weight = next(self.img_projection.parameters())  # survives PEFT wrapping the whole projection
         return self.img_projection(merged.to(weight.dtype))
 
@@ -228,9 +232,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         asked = {k: getattr(self.config, k) if v is None else v for k, v in asked.items()}
         record = {"output_attentions": asked["output_attentions"]}
         embedding = self.vision_embed_tokens
-        merged = embedding.merged_features(pixel_values, image_sizes, record)  # [T, 4D]
-        weight = next(embedding.img_projection.parameters())
-        features = embedding.img_projection(merged.to(weight.dtype))  # [T, hidden]
+        features = embedding(pixel_values, image_sizes, record)  # [T, hidden]
         sizes = [
             embedding.tokens(rows, cols) for rows, cols in embedding.crop_grids(pixel_values, image_sizes)
         ]
