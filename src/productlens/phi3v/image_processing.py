@@ -27,13 +27,34 @@ class Phi3VImagesKwargs(ImagesKwargs, total=False):
     num_img_tokens: int
 
 
+# Standard image-processor options this HD transform cannot honour: the crop layout fixes size and padding.
+REFUSED = {
+    "do_resize": "the HD transform resizes by num_crops",
+    "size": "the HD transform sets the size; use num_crops",
+    "resample": "the HD transform resizes bilinearly, as the official processor",
+    "do_center_crop": "the HD transform pads, it never crops",
+    "do_pad": "the HD transform always pads to whole crops",
+    "pad_size": "the HD transform always pads to whole crops",
+    "do_convert_rgb": "images are always converted to RGB, as the official processor does",
+}
+
+
 @lru_cache(maxsize=8)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """[3, 256] float32: byte value -> (value / 255 - mean) / std, rounded as torch ToTensor + Normalize do."""
-    byte = torch.arange(256, dtype=torch.float32).div(255)  # [256]
+def _normalize_table(
+    mean: tuple[float, ...], std: tuple[float, ...], rescale_factor: float | None, normalize: bool
+) -> np.ndarray:
+    """[3, 256] float32: byte value -> (value * rescale_factor - mean) / std, rounded as ToTensor + Normalize do.
+
+    `rescale_factor` None keeps the raw byte values; `normalize` False skips the (- mean) / std step.
+    """
+    byte = torch.arange(256, dtype=torch.float32)[None, :].expand(3, -1)  # [3, 256]
+    if rescale_factor is not None:
+        byte = byte.div(1.0 / rescale_factor)  # 1/255 -> exactly ToTensor's division by 255
+    if not normalize:
+        return byte.contiguous().numpy()
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None]
-    return ((byte[None, :] - mean_t) / std_t).numpy()
+    return ((byte - mean_t) / std_t).numpy()
 
 
 def hd_grid(width: int, height: int, num_crops: int, crop_size: int) -> tuple[int, int, int, int]:
@@ -63,9 +84,22 @@ class Phi3VImageProcessor(BaseImageProcessor):
     num_img_tokens (`int`, defaults to 144): tokens per crop after the 2x2 merge, (crop_size / patch / 2)^2.
     crop_size (`int`, defaults to 336): crop side in pixels = the CLIP tower's `image_size`.
     image_mean / image_std: OpenAI CLIP normalisation.
+    do_rescale / rescale_factor (defaults True, 1/255) and do_normalize (default True): honoured, at init or per
+    call. The size options (`do_resize`, `size`, `do_center_crop`, `do_pad`, ...) are refused with the reason:
+    the HD transform fixes them.
     """
 
     model_input_names: ClassVar[list[str]] = ["pixel_values", "image_sizes"]
+    # per-call options of `preprocess` besides the refused size options
+    CALL_OPTIONS = (
+        "num_crops",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        *REFUSED,
+    )
     valid_kwargs = Phi3VImagesKwargs
 
     def __init__(
@@ -75,18 +109,34 @@ class Phi3VImageProcessor(BaseImageProcessor):
         crop_size: int = 336,
         image_mean: list[float] | tuple[float, ...] = OPENAI_CLIP_MEAN,
         image_std: list[float] | tuple[float, ...] = OPENAI_CLIP_STD,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
         **kwargs: Any,
     ):
         kwargs.pop(
             "auto_map", None
         )  # the official file points at remote code; this class is registered natively
+        self._refuse(kwargs)
         super().__init__(**kwargs)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
         self.num_crops = int(num_crops)
         self.num_img_tokens = int(num_img_tokens)
         self.crop_size = int(crop_size)
         self.image_mean = [float(x) for x in image_mean]
         self.image_std = [float(x) for x in image_std]
         self._check()
+
+    @staticmethod
+    def _refuse(kwargs: dict[str, Any]) -> None:
+        """Raise on standard options this processor cannot honour (values that change nothing pass)."""
+        harmless = {"do_convert_rgb": (None, True)}
+        refused = [k for k, v in kwargs.items() if k in REFUSED and v not in harmless.get(k, (None, False))]
+        if refused:
+            reasons = "; ".join(f"{k}: {REFUSED[k]}" for k in refused)
+            raise ValueError(f"Phi3VImageProcessor cannot honour {reasons}.")
 
     def _check(self) -> None:
         grid = math.isqrt(self.num_img_tokens)
@@ -140,13 +190,29 @@ class Phi3VImageProcessor(BaseImageProcessor):
         images: Image.Image | np.ndarray | list[Image.Image | np.ndarray],
         num_crops: int | None = None,
         return_tensors: str | None = "pt",
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Images -> BatchFeature(pixel_values [N, C+1, 3, S, S], image_sizes [N, 2], num_img_tokens list[int])."""
-        if kwargs:
+        """Images -> BatchFeature(pixel_values [N, C+1, 3, S, S], image_sizes [N, 2], num_img_tokens list[int]).
+
+        Options left None take this processor's values.
+        """
+        self._refuse(kwargs)
+        unknown = sorted(k for k, v in kwargs.items() if k not in REFUSED and v is not None)
+        if unknown:
             raise TypeError(
-                f"unexpected arguments {sorted(kwargs)}; Phi3VImageProcessor takes num_crops only."
+                f"unexpected arguments {unknown}; Phi3VImageProcessor takes num_crops, return_tensors, do_rescale, "
+                "rescale_factor, do_normalize, image_mean and image_std."
             )
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        mean = tuple(float(x) for x in (self.image_mean if image_mean is None else image_mean))
+        std = tuple(float(x) for x in (self.image_std if image_std is None else image_std))
         num_crops = int(num_crops or self.num_crops)
         images = [
             self._to_pil(image) for image in (images if isinstance(images, (list, tuple)) else [images])
@@ -154,7 +220,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
         if not images:
             raise ValueError("no images given.")
         size = self.crop_size
-        table = _normalize_table(tuple(self.image_mean), tuple(self.image_std))  # [3, 256]
+        table = _normalize_table(mean, std, rescale_factor if do_rescale else None, do_normalize)  # [3, 256]
         pixel_values = torch.empty(len(images), num_crops + 1, 3, size, size)
         image_sizes, num_img_tokens = [], []
         for i, image in enumerate(images):

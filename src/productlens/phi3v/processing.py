@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from productlens.phi3v.image_processing import Phi3VImageProcessor
+from productlens.phi3v.image_processing import Phi3VImageProcessor, Phi3VImagesKwargs
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 END_TOKEN = "<|end|>"
@@ -27,6 +27,16 @@ IGNORE_INDEX = -100
 ImageArg = Image.Image | Sequence[Image.Image] | None
 
 
+class Phi3VProcessorKwargs(ProcessingKwargs, total=False):
+    """`Phi3VProcessor.__call__` options; defaults: pad to the longest row on the left, PyTorch tensors."""
+
+    images_kwargs: Phi3VImagesKwargs
+    _defaults = {  # noqa: RUF012  (transformers' ProcessingKwargs convention)
+        "text_kwargs": {"padding": True, "padding_side": "left"},
+        "common_kwargs": {"return_tensors": "pt"},
+    }
+
+
 class Phi3VProcessor(ProcessorMixin):
     r"""Phi-3-Vision processor: `Phi3VImageProcessor` + the official `tokenizer.json` pipeline.
 
@@ -34,6 +44,8 @@ class Phi3VProcessor(ProcessorMixin):
     transformers 5's `LlamaTokenizer` rewrites the normaliser and gives other ids than the official model saw.
     Each text chunk between image tags is tokenised separately with BOS, as the official processor does.
     """
+
+    valid_processor_kwargs = Phi3VProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs: Any):
         if type(tokenizer).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast"):
@@ -74,30 +86,99 @@ class Phi3VProcessor(ProcessorMixin):
         self,
         text: str | list[str] | None = None,
         images: ImageArg | Sequence[ImageArg] = None,
-        padding_side: str = "left",
-        return_tensors: str = "pt",
-        **kwargs: Any,
+        **kwargs: Unpack[Phi3VProcessorKwargs],
     ) -> BatchFeature:
         """Prompt(s) + images -> BatchFeature(input_ids, attention_mask[, pixel_values, image_sizes]).
 
         One prompt: `images` is an image or a list of images. A batch (list of prompts): `images` has one entry
-        per prompt (an image, a list of images or None). Rows are padded on `padding_side` (left for
-        generation) with the pad id; the attention mask comes from the lengths.
+        per prompt (an image, a list of images or None). Options, flat or in transformers' `text_kwargs` /
+        `images_kwargs` / `common_kwargs` dicts (tokenizer init values are defaults, except `padding_side`):
+        * padding: True / "longest" (default) pads rows to the longest, "max_length" to `max_length`, False /
+          "do_not_pad" not at all; pads go on `padding_side` (default left, for generation).
+        * truncation: True / "longest_first" / "only_first" cuts rows longer than `max_length` on the
+          tokenizer's truncation side; a cut into image slots raises an error instead.
+        * return_tensors: "pt" (default), "np" or None (lists).
+        * image options (num_crops, do_rescale, rescale_factor, do_normalize, ...) go to the image processor.
         """
-        if kwargs:
-            raise TypeError(f"unexpected arguments {sorted(kwargs)}; see Phi3VProcessor.__call__.")
+        for modality in ("videos", "audio"):
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"Phi-3-Vision takes text and images only, not {modality}.")
+        init = {k: v for k, v in self.tokenizer.init_kwargs.items() if k != "padding_side"}
+        merged = self._merge_kwargs(Phi3VProcessorKwargs, tokenizer_init_kwargs=init, **kwargs)
+        text_kwargs, image_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        padding, truncation = text_kwargs.pop("padding", True), text_kwargs.pop("truncation", None)
+        max_length, padding_side = (
+            text_kwargs.pop("max_length", None),
+            text_kwargs.pop("padding_side", "left"),
+        )
+        return_tensors = text_kwargs.pop("return_tensors", "pt")
+        image_kwargs.pop("return_tensors", None)
+        unsupported = sorted(k for k, v in text_kwargs.items() if v not in (None, False))
+        extras = ("return_mm_token_type_ids", "return_text_replacement_offsets")
+        unsupported = sorted({*unsupported, *(k for k in extras if merged.get(k))})
+        if unsupported:
+            raise TypeError(f"Phi3VProcessor does not support {unsupported}; see Phi3VProcessor.__call__.")
         if text is None:
             raise ValueError(
                 "text is required: a prompt or a list of prompts (see Phi3VProcessor.chat_prompt)."
             )
-        if return_tensors != "pt":
-            raise ValueError("Phi3VProcessor returns PyTorch tensors only (return_tensors='pt').")
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
         prompts = [text] if isinstance(text, str) else list(text)
         rows, image_inputs = self._encode(
-            prompts, self._images_per_prompt(prompts, images, single=isinstance(text, str))
+            prompts, self._images_per_prompt(prompts, images, single=isinstance(text, str)), image_kwargs
         )
-        input_ids, attention_mask = self._pad(rows, padding_side)
-        return BatchFeature(data={"input_ids": input_ids, "attention_mask": attention_mask, **image_inputs})
+        if truncation not in (None, False, "do_not_truncate"):
+            rows = self._truncate(rows, max_length or self.tokenizer.model_max_length)
+        data = self._padded(rows, padding, max_length, padding_side, return_tensors is not None)
+        if return_tensors == "np":
+            image_inputs = {k: v.numpy() for k, v in image_inputs.items()}
+            data = {k: v.numpy() for k, v in data.items()}
+        return BatchFeature(data={**data, **image_inputs})
+
+    def _truncate(self, rows: list[list[int]], max_length: int) -> list[list[int]]:
+        """Cut rows to max_length on the tokenizer's truncation side; never through image slots."""
+        right = self.tokenizer.truncation_side == "right"
+        kept = []
+        for i, row in enumerate(rows):
+            cut = row[max_length:] if right else row[: max(len(row) - max_length, 0)]
+            if any(t < 0 for t in cut):
+                raise ValueError(
+                    f"prompt {i} is {len(row)} tokens and truncation to max_length={max_length} would cut image "
+                    "slots; raise max_length or use fewer crops (e.g. num_crops=4)."
+                )
+            kept.append(row[:max_length] if right else row[len(cut) :])
+        return kept
+
+    def _padded(
+        self, rows: list[list[int]], padding: bool | str, max_length: int | None, side: str, tensors: bool
+    ) -> dict[str, Any]:
+        """Rows -> {"input_ids", "attention_mask"}: tensors [B, L] when `tensors`, else lists."""
+        if padding in (True, "longest", "max_length"):
+            if padding == "max_length" and max_length is None:
+                raise ValueError("padding='max_length' needs max_length=N.")
+            width = max(max(len(row) for row in rows), max_length if padding == "max_length" else 0)
+            ids, mask = self._pad(rows, side, width=width)
+            return (
+                {"input_ids": ids, "attention_mask": mask}
+                if tensors
+                else {
+                    "input_ids": ids.tolist(),
+                    "attention_mask": mask.tolist(),
+                }
+            )
+        if padding not in (False, None, "do_not_pad"):
+            raise ValueError(
+                f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}."
+            )
+        if not tensors:
+            return {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
+        if len({len(row) for row in rows}) > 1:
+            raise ValueError(
+                "the prompts have different lengths and padding=False; pass padding=True (or return_tensors=None)."
+            )
+        ids = torch.tensor(rows, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def training_batch(
         self,
@@ -164,13 +245,13 @@ class Phi3VProcessor(ProcessorMixin):
         return [as_list(entry) for entry in images]
 
     def _encode(
-        self, prompts: list[str], images: list[list[Image.Image]]
+        self, prompts: list[str], images: list[list[Image.Image]], image_kwargs: dict[str, Any] | None = None
     ) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
         """Prompts + their images -> ids per prompt (image k of a prompt = -k repeated) and image tensors."""
         flat = [image for per_prompt in images for image in per_prompt]
         image_inputs, counts = {}, []
         if flat:
-            processed = self.image_processor(flat)
+            processed = self.image_processor(flat, **(image_kwargs or {}), return_tensors="pt")
             image_inputs = {
                 "pixel_values": processed["pixel_values"],
                 "image_sizes": processed["image_sizes"],
@@ -199,13 +280,13 @@ class Phi3VProcessor(ProcessorMixin):
         return rows, image_inputs
 
     def _pad(
-        self, rows: list[list[int]], side: str, pad_id: int | None = None
+        self, rows: list[list[int]], side: str, pad_id: int | None = None, width: int | None = None
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Rows -> (ids [B, L], attention mask [B, L]) padded on `side`; the mask marks each row's own tokens."""
+        """Rows -> (ids [B, L], attention mask [B, L]) padded on `side` to the longest row (or `width`)."""
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
         pad_id = self.pad_token_id if pad_id is None else pad_id
-        width = max(len(row) for row in rows)
+        width = max(len(row) for row in rows) if width is None else width
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
