@@ -25,6 +25,20 @@ NO_ANSWER = "(no answer)"  # the confusion matrix column for an unparsed categor
 WITHIN = (0.10, 0.25)  # the "within x% of the true price" shares reported
 
 
+# how a metric's name ends -> whether a higher value is better (training's `eval_*` names included)
+LOWER_IS_BETTER = ("loss", "mae", "ape", "rmsle", "failure_rate", "_parsed")
+HIGHER_IS_BETTER = ("accuracy", "f1", "exact_match", "edit_similarity", "within_10", "within_25", "coverage")
+
+
+def higher_is_better(name: str) -> bool | None:
+    """'eval_category_accuracy' -> True, 'eval_price_median_ape' / 'eval_failure_rate' -> False; None: unknown."""
+    if name.endswith(LOWER_IS_BETTER):
+        return False
+    if name.endswith(HIGHER_IS_BETTER):
+        return True
+    return None
+
+
 # ---- rows -------------------------------------------------------------------------------------------------
 
 
