@@ -174,11 +174,9 @@ def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
         param.requires_grad_(False)
     model = get_peft_model(model, lora_settings(config.lora, finetune, _used_vision_layers(model)))
     if not finetune.freeze_projection:
+        # the separators are no Linear layers, so no adapter: trained whole, saved in the adapter's file
         for name, param in model.named_parameters():
-            if name.endswith(
-                SEPARATORS
-            ):  # not Linear layers, so no adapter: trained whole, saved in the adapter
-                param.requires_grad_(True)
+            param.requires_grad_(param.requires_grad or name.endswith(SEPARATORS))
     if args.activation_checkpointing or args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need a grad path
     return keep_master_weights(model, args)
@@ -187,7 +185,7 @@ def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
 def keep_master_weights(model: torch.nn.Module, args: TrainingArguments) -> torch.nn.Module:
     """Mixed precision (training.bf16 / fp16): trainable parameters -> float32 master weights, frozen ones keep
     their load dtype, and the Trainer runs the compute under autocast. Without it a bf16 weight only moves when
-    an update exceeds half its spacing (~0.2% of its size): most updates at 1e-5 would be lost."""
+    an update exceeds half its spacing (~0.4% of its size): most updates at 1e-5 would be lost."""
     half = (torch.bfloat16, torch.float16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if args.bf16 or args.fp16:
