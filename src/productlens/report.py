@@ -100,8 +100,8 @@ def write_report(
     model = metrics.get("model", {})
     body = [
         f"<h1>{escape(title)}</h1>",
-        f'<p class="sub">{len(records)} products scored. Parse failures count as wrong answers '
-        "(a missing price as a prediction of 0).</p>",
+        f'<p class="sub">{len(records)} products scored. A parse failure scores as the worst answer (a missing '
+        "price as a prediction of 0); each price error is capped at that, so no answer scores worse than none.</p>",
         _constrained_note(metrics),
         '<div class="pair">',
         _headline(model, metrics.get("baselines", {})),
