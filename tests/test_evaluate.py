@@ -95,7 +95,9 @@ def test_writes_predictions_metrics_and_report(predictor, data_dir, tmp_path):
     assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["n"] == 5 and on_disk["split"] == "test"
     assert set(on_disk["baselines"]) == {"median_price", "majority_category", "common_title"}
-    assert on_disk["baselines"]["median_price"]["mae"] == pytest.approx(np.mean([550, 150, 250, 450, 550]))
+    # median training price 650 against 100, 500, 900, 1100, 1200; the 550 off on 100 is capped at 100 (a
+    # missing answer's error), so that no answer scores worse than none
+    assert on_disk["baselines"]["median_price"]["mae"] == pytest.approx(np.mean([100, 150, 250, 450, 550]))
     assert set(on_disk["per_category"]) == set(CATEGORIES)
     assert on_disk["model"]["failure_rate"]["any"] == 1.0  # a random model answers nothing readable
     html = (tmp_path / "report.html").read_text()
@@ -158,3 +160,33 @@ def test_cli_evaluate(model_dir, data_dir, tmp_path):
     assert "Category accuracy" in result.output  # the console table
     missing = runner.invoke(app, ["evaluate", "--model", str(model_dir), "--data", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "productlens prepare" in missing.output
+
+
+def test_constrained_results_are_labelled_wherever_shown(predictor, data_dir, tmp_path, monkeypatch, capsys):
+    """--constrain makes the failure rate 0 by construction: metrics.json, the console table, report.html and
+    W&B say so, and W&B keeps constrained figures apart from free-run ones."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="productlens-test", dir=str(tmp_path))
+    try:
+        out = tmp_path / "eval"
+        evaluate(predictor.with_options(max_new_tokens=60), data_dir, "test", out, limit=2, constrain=True,
+                 progress=False)  # fmt: skip
+        summary = dict(run.summary)
+    finally:
+        wandb.finish()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["constrained"] is True and metrics["decoding"].startswith("constrained")
+    assert "constrained decoding" in capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    assert "constrained decoding" in html and "0 by construction" in html
+    assert "test-constrained/model/category/accuracy" in summary
+    assert not any(key.startswith("test/") for key in summary)
+
+
+def test_a_free_run_is_labelled_free(predictor, data_dir, tmp_path, capsys):
+    evaluate(predictor, data_dir, "test", tmp_path, limit=1, progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text())["decoding"] == "free"
+    assert "constrained" not in capsys.readouterr().err
+    assert "constrained decoding" not in (tmp_path / "report.html").read_text()

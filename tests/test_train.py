@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 import productlens.phi3v  # noqa: F401
 from productlens.config import load_config, save_config
@@ -120,7 +121,7 @@ def test_parts_of_the_model_by_parameter_name():
     [
         (
             [],
-            {"layers.0.self_attn.qkv_proj.lora_A", "img_projection.0.modules_to_save"},
+            {"layers.0.self_attn.qkv_proj.lora_A", "img_projection.0.modules_to_save", "glb_GN", "sub_GN"},
             {"vision_model", "lora_magnitude"},
         ),
         (
@@ -135,7 +136,7 @@ def test_parts_of_the_model_by_parameter_name():
                 "finetune.freeze_vision=false",
             ],
             {"encoder.layers.0.mlp.fc1.lora_A"},
-            {"model.layers.", "img_projection"},
+            {"model.layers.", "img_projection", "_GN"},
         ),
         (["lora.projection_targets=true"], {"img_projection.2.lora_B"}, {"modules_to_save"}),
         (
@@ -252,6 +253,14 @@ def test_lora_run_picks_the_best_checkpoint_by_a_generation_metric_and_merges(wo
     merged = load_file(out / "model" / "model.safetensors")
     base = load_file(Path(config.model.path) / "model.safetensors")
     assert set(merged) == set(base)
+
+    # the image separators are trained with the projection, saved in the adapter and in the merged model
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    for name in ("glb_GN", "sub_GN"):
+        key = f"model.vision_embed_tokens.{name}"
+        saved = adapter[f"base_model.model.{key}"]
+        assert not torch.allclose(saved, base[key]), name
+        assert torch.equal(merged[key], saved.to(merged[key].dtype)), name
     assert (out / "model" / "tokenizer.json").is_file() and (
         out / "adapter" / "adapter_config.json"
     ).is_file()
@@ -407,3 +416,124 @@ def test_two_processes_train_one_model(workspace, tmp_path):
     assert any(not torch.equal(saved[k], base[k]) for k in saved)
     state = yaml.safe_load((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert any("eval_category_accuracy" in e for e in state["log_history"])
+
+
+# ---- issue 13: the real-GPU recipe trains what it says -----------------------------------------------------
+
+
+def test_qlora_quantizes_the_decoder_only():
+    """transformers' own plan (the skip list + `should_convert_module`, as `replace_with_bnb_linear` runs it)
+    on a tiny model built on the meta device: no Linear under vision_embed_tokens is quantised."""
+    from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from productlens.phi3v.tiny import tiny_config
+    from productlens.train import bnb_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(tiny_config(400, image_size=56))
+    settings = bnb_config(torch.bfloat16)
+    skip = Bnb4BitHfQuantizer.get_modules_to_not_convert(
+        model, settings.llm_int8_skip_modules, model._keep_in_fp32_modules
+    )
+    linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    quantised = {n for n in linears if should_convert_module(n, skip)}
+    vision = {n for n in linears if ".vision_embed_tokens." in f".{n}"}
+    assert {
+        "model.vision_embed_tokens.img_projection.0",
+        "model.vision_embed_tokens.img_projection.2",
+    } <= vision
+    assert any("img_processor" in n for n in vision)
+    assert not quantised & vision, sorted(quantised & vision)
+    decoder = {n for n in linears if n.startswith("model.layers.")}
+    assert decoder and quantised == decoder  # every decoder Linear, and nothing else (lm_head stays)
+
+
+class _Weights(TrainerCallback):
+    """Keeps the trained weights (as float32 copies) at the end of training."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.weights = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+
+def _changed_share(workspace, tmp_path, name, pick, dtype, *overrides):
+    """Train 6 steps at 1e-5 through `train` -> share of the picked weights that the updates changed (against
+    the base weights as loaded, in `dtype`)."""
+    probe = _Weights()
+    config = _config(
+        workspace,
+        tmp_path / name,
+        "training.max_steps=6",
+        "training.learning_rate=1e-5",
+        "training.lr_scheduler_type=constant",
+        "training.warmup_steps=0",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        *overrides,
+    )
+    train(config, callbacks=[probe])
+    base = load_file(Path(config.model.path) / "model.safetensors")
+    changed = total = 0
+    for key, trained in probe.weights.items():
+        original = pick(key, base)
+        if original is not None:
+            changed += int((trained != original.to(dtype).float()).sum())
+            total += trained.numel()
+    assert total > 0
+    return changed / total
+
+
+def _decoder(key, base):
+    return base[key] if key.startswith("model.layers.") and key.endswith("weight") else None
+
+
+def _projection_copy(key, base):  # LoRA's trainable copy of img_projection (modules_to_save)
+    if ".modules_to_save.default." not in key:
+        return None
+    return base[key.removeprefix("base_model.model.").replace(".modules_to_save.default", "")]
+
+
+@pytest.mark.parametrize(
+    ("method", "pick"), [("full", _decoder), ("lora", _projection_copy)], ids=["full", "lora"]
+)
+def test_bf16_training_keeps_every_update_as_fp32_does(workspace, tmp_path, method, pick):
+    """bf16 weights + training.bf16: trainable weights get an fp32 master copy, so an update at 1e-5 changes as
+    many weights as in fp32 (a bf16 weight only moves when the update exceeds half its spacing, ~2^-9)."""
+    method_args = [f"finetune.method={method}"]
+    fp32 = _changed_share(workspace, tmp_path, "fp32", pick, torch.float32, *method_args)
+    bf16_args = ["model.dtype=bfloat16", "training.bf16=true", "training.use_cpu=true"]  # use_cpu: bf16 here
+    bf16 = _changed_share(workspace, tmp_path, "bf16", pick, torch.bfloat16, *method_args, *bf16_args)
+    assert fp32 > 0.95
+    assert bf16 > 0.95, (bf16, fp32)
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "best"),
+    [
+        ("eval_price_median_ape", [0.4, 0.2, 0.9], 1),
+        ("eval_failure_rate", [0.3, 0.1, 0.5], 1),
+        ("price_mae", [90.0, 50.0, 70.0], 1),
+        ("eval_category_accuracy", [0.4, 0.2, 0.9], 2),
+        ("eval_title_token_f1", [0.5, 0.7, 0.6], 1),
+        ("eval_loss", [2.0, 1.5, 1.7], 1),
+    ],
+)
+def test_the_best_checkpoint_follows_the_metric_direction(workspace, tmp_path, metric, values, best):
+    """The Trainer's own best-metric logic, fed three evaluations: an error metric keeps its lowest value."""
+    config = _config(workspace, tmp_path, f"training.metric_for_best_model={metric}", "finetune.method=full")
+    args = training_arguments(config)
+    model = load_model(config, args)
+    trainer = ProductTrainer(model=model, args=args, eval_dataset=[{}], finetune=config.finetune)
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    for step, value in enumerate(values):
+        trainer.state.global_step = step
+        trainer._determine_best_metric({key: value}, None)
+    assert trainer.state.best_global_step == best and trainer.state.best_metric == values[best]
+
+
+def test_an_explicit_greater_is_better_wins_and_an_unknown_metric_asks_for_it(workspace, tmp_path):
+    overrides = ["training.metric_for_best_model=eval_price_mae", "training.greater_is_better=true"]
+    assert training_arguments(_config(workspace, tmp_path, *overrides)).greater_is_better is True
+    config = _config(workspace, tmp_path, "training.metric_for_best_model=eval_my_score")
+    with pytest.raises(ValueError, match="greater_is_better"):
+        training_arguments(config)

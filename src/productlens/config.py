@@ -50,7 +50,10 @@ class ModelConfig:
     """Which checkpoint to start from and how to load it."""
 
     path: str = "microsoft/Phi-3-vision-128k-instruct"  # a local folder in the official layout
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (weights as loaded; mixed precision is training.bf16/fp16)
+    dtype: str = (
+        "auto"  # auto | float32 | bfloat16 | float16: frozen weights as loaded; with training.bf16/fp16
+    )
+    # the trained ones get float32 master weights
     attn_implementation: str | None = None  # eager | sdpa | flash_attention_2; None: the model's default
     num_crops: int | None = None  # HD crops per image (16: 3V default, 4: 3.5V); None: the processor's own
 
@@ -71,7 +74,9 @@ class FinetuneConfig:
 
     method: str = "lora"  # lora | dora | qlora | full
     freeze_vision: bool = True  # the CLIP tower
-    freeze_projection: bool = False  # img_projection and the sub/glb separators
+    freeze_projection: bool = (
+        False  # img_projection and the glb_GN/sub_GN separators (LoRA: saved in the adapter)
+    )
     freeze_language: bool = False  # the Phi-3 decoder (full: its weights; lora: no adapters there)
     vision_learning_rate: float | None = None  # None: training.learning_rate
     projection_learning_rate: float | None = None

@@ -346,7 +346,7 @@ def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None =
     A run folder: its `model/` if there is one, else its `adapter/` on the base its config.yaml names.
     """
     if adapter is not None:
-        return replace(resolve_source(model), adapter=_adapter_folder(adapter))
+        return _with_adapter(resolve_source(model), _adapter_folder(adapter))
     path = Path(model)
     if not path.exists():
         if HUB_ID.fullmatch(str(model)):
@@ -377,6 +377,22 @@ def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None =
     raise FileNotFoundError(
         f"no model in {path}: expected config.json (a model), adapter_config.json (a PEFT adapter), or a run "
         f"folder from `productlens train` with {MODEL_SUBFOLDER}/ or {ADAPTER_SUBFOLDER}/ inside"
+    )
+
+
+def _with_adapter(source: ModelSource, folder: Path) -> ModelSource:
+    """A base model's source + an adapter folder: the adapter's run settings (template, num_crops) from the
+    config.yaml of its run folder (RUN/adapter) or beside it, and the processor saved with it."""
+    run = folder if (folder / RUN_CONFIG).is_file() else folder.parent
+    template, num_crops = source.template, source.num_crops
+    if (run / RUN_CONFIG).is_file():
+        template, num_crops, _ = _run_settings(run)
+    return replace(
+        source,
+        adapter=folder,
+        processor=_processor(folder, source.processor),
+        template=template,
+        num_crops=num_crops,
     )
 
 

@@ -59,6 +59,7 @@ th:first-child, td:first-child { text-align:left; }
 thead th { color:var(--muted); font-weight:600; font-size:13px; }
 td.good { color:var(--good); font-weight:600; } td.bad { color:var(--bad); font-weight:600; }
 .note { color:var(--muted); font-size:13px; }
+.constrained { background:#fff4e5; border:1px solid #f5c16c; border-radius:8px; padding:8px 12px; }
 .plot img { max-width:100%; height:auto; }
 .scroll { overflow:auto; }
 .pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(440px,1fr)); gap:18px; align-items:start; }
@@ -99,8 +100,9 @@ def write_report(
     model = metrics.get("model", {})
     body = [
         f"<h1>{escape(title)}</h1>",
-        f'<p class="sub">{len(records)} products scored. Parse failures count as wrong answers '
-        "(a missing price as a prediction of 0).</p>",
+        f'<p class="sub">{len(records)} products scored. A parse failure scores as the worst answer (a missing '
+        "price as a prediction of 0); each price error is capped at that, so no answer scores worse than none.</p>",
+        _constrained_note(metrics),
         '<div class="pair">',
         _headline(model, metrics.get("baselines", {})),
         _price_plot(records, scores),
@@ -119,6 +121,17 @@ def write_report(
     )
     path = out_dir / "report.html"
     return write_atomic(path, page)
+
+
+def _constrained_note(metrics: dict[str, Any]) -> str:
+    """A banner for constrained decoding (its failure rate is 0 by construction), else nothing."""
+    if not metrics.get("constrained"):
+        return ""
+    return (
+        '<p class="constrained"><strong>Constrained decoding</strong>: answers were forced into the template '
+        "(categories from the training split, a numeric price), so the parse-failure rate is 0 by construction. "
+        "Compare with a free run before reading these figures as the model's own.</p>"
+    )
 
 
 # ---- formatting -------------------------------------------------------------------------------------------

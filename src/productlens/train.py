@@ -24,11 +24,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from productlens.collate import SeededLengthGroupedSampler, TrainingCollator, example_lengths
 from productlens.config import FinetuneConfig, LoraConfig, RunConfig, save_config
 from productlens.files import write_atomic
+from productlens.task.metrics import higher_is_better
 from productlens.task.prompts import AnswerTemplate
 from productlens.tracking import GenerationEvalCallback, console
 
 VISION_PREFIX = "vision_embed_tokens.img_processor."  # the CLIP tower
 PROJECTION_PREFIX = "vision_embed_tokens."  # the rest of the image embedding: img_projection, glb_GN, sub_GN
+SEPARATORS = ("vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")  # image separators: parameters
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "productlens")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -116,13 +118,21 @@ def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, used_vision_layers
 
 
 def quantization_settings(compute_dtype: torch.dtype) -> Any:
-    """QLoRA: 4-bit NF4 language model; the CLIP tower, projection and lm_head stay unquantised."""
+    """QLoRA: `bnb_config`, after checking that bitsandbytes and a CUDA GPU are there."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError("QLoRA needs bitsandbytes: pip install 'productlens[qlora]' (on a CUDA machine)")
     if not torch.cuda.is_available():
         raise RuntimeError(
             "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use finetune.method=lora on this machine"
         )
+    return bnb_config(compute_dtype)
+
+
+def bnb_config(compute_dtype: torch.dtype) -> Any:
+    """4-bit NF4 for the decoder's Linear layers; the CLIP tower, projection and lm_head are not quantised.
+
+    transformers 5 matches a skip entry from the start of a module name (up to a dot) or as its ending, and
+    every name starts with `model.`: a bare `vision_embed_tokens` would match nothing."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -130,7 +140,7 @@ def quantization_settings(compute_dtype: torch.dtype) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["vision_embed_tokens", "lm_head"],
+        llm_int8_skip_modules=["model.vision_embed_tokens", "lm_head"],
     )
 
 
@@ -157,19 +167,57 @@ def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
         model._weight_conversions = [c for c in model._weight_conversions if c.was_used()]
     if finetune.method == "full":
         set_trainable(model, finetune)
-        return model
+        return keep_master_weights(model, args)
 
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    checkpointing = bool(args.activation_checkpointing or args.gradient_checkpointing)
-    if finetune.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    # QLoRA: no `prepare_model_for_kbit_training`, which would upcast every unquantised weight (CLIP tower,
+    # projection, embeddings, norms, lm_head) to float32; frozen weights stay in the load dtype, trainable
+    # ones get float32 master weights below, as for LoRA, and compute runs under bf16/fp16 autocast.
     for param in model.parameters():
         param.requires_grad_(False)
     model = get_peft_model(model, lora_settings(config.lora, finetune, _used_vision_layers(model)))
-    if checkpointing:
+    if not finetune.freeze_projection:
+        # the separators are no Linear layers, so no adapter: trained whole, saved in the adapter's file
+        for name, param in model.named_parameters():
+            param.requires_grad_(param.requires_grad or name.endswith(SEPARATORS))
+    if args.activation_checkpointing or args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need a grad path
+    return keep_master_weights(model, args)
+
+
+def keep_master_weights(model: torch.nn.Module, args: TrainingArguments) -> torch.nn.Module:
+    """Mixed precision (training.bf16 / fp16): trainable parameters -> float32 master weights, frozen ones keep
+    their load dtype, and the Trainer runs the compute under autocast. Without it a bf16 weight only moves when
+    an update exceeds half its spacing (~0.4% of its size): most updates at 1e-5 would be lost."""
+    half = (torch.bfloat16, torch.float16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if args.bf16 or args.fp16:
+        for param in trainable:
+            if param.dtype in half:
+                param.data = param.data.float()
+    elif any(p.dtype in half for p in trainable):
+        console.print(
+            "[yellow]training half-precision weights without mixed precision: small updates are lost; set "
+            "training.bf16=true (or fp16) to train float32 master weights[/yellow]"
+        )
     return model
+
+
+def save_separators(model: Any, folder: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """PEFT saves adapters and modules_to_save only: add trained image separators (glb_GN, sub_GN) to the
+    folder's adapter_model.safetensors, under their names in the PeftModel, which PEFT loads back as they are
+    (PeftModel.from_pretrained, load_adapter on resume or for the best checkpoint)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    names = [n for n, p in model.named_parameters() if n.endswith(SEPARATORS) and p.requires_grad]
+    if not names or not path.is_file() or not hasattr(model, "peft_config"):
+        return
+    values = state_dict if state_dict is not None else dict(model.named_parameters())
+    weights = load_file(path)
+    weights.update({n: values[n].detach().cpu().contiguous().clone() for n in names})
+    save_file(weights, str(path), metadata={"format": "pt"})
 
 
 # ---- the trainer ------------------------------------------------------------------------------------------
@@ -200,6 +248,13 @@ class ProductTrainer(Trainer):
             size = self.args.train_batch_size * self.args.gradient_accumulation_steps
             return SeededLengthGroupedSampler(size, list(dataset[column]), seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_separators(
+                self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict
+            )
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -274,6 +329,15 @@ def training_arguments(config: RunConfig) -> TrainingArguments:
             "FSDP (configs/accelerate/fsdp.yaml) needs GPUs: accelerate does not run FSDP on the CPU; "
             "use configs/accelerate/ddp.yaml, a DeepSpeed config or torchrun here"
         )
+    metric = values.get("metric_for_best_model")
+    if metric and values.get("greater_is_better") is None:
+        # transformers would maximise any name not ending in "loss", e.g. eval_price_median_ape
+        values["greater_is_better"] = higher_is_better(metric)
+        if values["greater_is_better"] is None:
+            raise ValueError(
+                f"training.metric_for_best_model={metric} is not a metric this project knows the direction of; "
+                "set training.greater_is_better=true or false"
+            )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # several processes (torchrun) on a machine without a GPU: transformers only goes data-parallel
         # (gloo) when told that the CPU is the device

@@ -66,9 +66,14 @@ def test_price_metrics_perfect_and_all_missing():
     assert none["coverage"] == 0.0 and none["mae_parsed"] is None and none["median_ape_parsed"] is None
 
 
-def test_over_prediction_can_exceed_ape_one():
-    # predicting 3x the price: APE 2.0, worse than a missing answer (1.0); negative predictions clip to 0
-    assert price_metrics([10.0], [30.0])["mape"] == approx(2.0)
+def test_over_prediction_is_capped_at_what_a_failure_scores():
+    # predicting 3x the price: APE 2.0 and abs error 20, capped at a missing answer's 1.0 and 10 (the true
+    # price); the parsed-rows diagnostics keep the real error; negative predictions clip to 0
+    m = price_metrics([10.0], [30.0])
+    assert m["mape"] == approx(1.0) and m["mae"] == approx(10.0) and m["within_25"] == 0.0
+    assert m["mae_parsed"] == approx(20.0) and m["median_ape_parsed"] == approx(2.0)
+    assert m["rmsle"] == approx(math.log(31 / 11))  # log1p(30) - log1p(10) < log1p(10): not capped
+    assert price_metrics([10.0], [1000.0])["rmsle"] == approx(math.log(11))  # log(1001/11) capped at log(11)
     assert price_metrics([10.0], [-5.0])["mape"] == approx(1.0)
 
 
@@ -88,8 +93,9 @@ def test_category_metrics_by_hand():
     pred = ["A", "B", "B", None]
     m = category_metrics(true, pred)
     assert m["accuracy"] == approx(0.5)  # rows 1 and 3 right
-    # A: tp 1, fp 0, fn 1 -> 2/3; B: tp 1, fp 1, fn 0 -> 2/3; C: tp 0, fp 0, fn 1 -> 0; mean 4/9
-    assert m["macro_f1"] == approx(4 / 9)
+    # A: tp 1, fp 0, fn 1 -> 2/3; B: tp 1, fp 1, fn 0 -> 2/3; C: tp 0, fp 0, fn 1 -> 0. The failed row counts as
+    # the worst wrong answer: "A" or "B" would give (1/2 + 2/3 + 0) / 3 = 7/18, a made-up label (4/3) / 4 = 1/3
+    assert m["macro_f1"] == approx(1 / 3)
     assert m["n_classes"] == 3
     cm = confusion_matrix(true, pred)
     assert cm["labels"] == ["A", "B", "C"]  # by true count, then name
@@ -171,8 +177,8 @@ def test_score_predictions_mixes_records_and_reports_failures():
         "any": approx(2 / 3),  # rows 2 and 3 miss something, row 1 nothing
     }
     assert s["category"]["accuracy"] == approx(1 / 3)
-    # APE .5, 1, 2 -> mean 3.5/3, median 1
-    assert s["price"]["mape"] == approx(3.5 / 3) and s["price"]["median_ape"] == 1.0
+    # APE .5, 1, 2 (capped at 1) -> mean 2.5/3, median 1
+    assert s["price"]["mape"] == approx(2.5 / 3) and s["price"]["median_ape"] == 1.0
     # token F1: 1, 2/3 (check, wool of 3 each), 0 -> mean 5/9
     assert s["title"]["token_f1"] == approx(5 / 9)
     with pytest.raises(ValueError, match="one prediction per row"):
@@ -183,18 +189,18 @@ def test_row_scores_by_hand():
     rows = row_scores(TRUTH, PREDS)
     # row 1: category 1, 1 - .5, F1 1 -> 2.5/3; row 2: 0, 1 - 1, 2/3 -> (2/3)/3; row 3: 0, 1 - min(2, 1), 0 -> 0
     assert [r["combined"] for r in rows] == approx([2.5 / 3, 2 / 9, 0.0])
-    assert [r["price_ape"] for r in rows] == approx([0.5, 1.0, 2.0])
+    assert [r["price_ape"] for r in rows] == approx([0.5, 1.0, 1.0])  # 2.0 capped at a failure's 1.0
     assert [r["category_correct"] for r in rows] == [1.0, 0.0, 0.0]
 
 
 def test_per_category_breakdown():
     pc = per_category(TRUTH, PREDS)
     assert list(pc) == ["BAGS", "SCARVES"]  # largest first
-    # BAGS rows 1 and 3: category 1, 0; APE .5, 2 -> median 1.25; F1 1, 0
+    # BAGS rows 1 and 3: category 1, 0; APE .5, 2 (capped at 1) -> median .75; F1 1, 0
     assert pc["BAGS"] == {
         "count": 2,
         "category_accuracy": 0.5,
-        "price_median_ape": 1.25,
+        "price_median_ape": 0.75,
         "title_token_f1": 0.5,
     }
     assert pc["SCARVES"] == {
@@ -228,9 +234,75 @@ def test_evaluate_split_scores_baselines_the_same_way():
     out = evaluate_split(TRUTH, PREDS, train)
     assert set(out) == {"model", "baselines", "per_category"}
     assert out["model"] == score_predictions(TRUTH, PREDS)
-    # baseline guesses 1000.0 for everything: abs errors 1000, 600, 0 -> MAE 1600/3
-    assert out["baselines"]["median_price"]["mae"] == approx(1600 / 3)
+    # baseline guesses 1000.0 for everything: abs errors 1000, 600 (capped at the true 400), 0 -> MAE 1400/3
+    assert out["baselines"]["median_price"]["mae"] == approx(1400 / 3)
     assert out["baselines"]["median_price"]["coverage"] == 1.0
     assert out["baselines"]["majority_category"]["accuracy"] == approx(2 / 3)  # BAGS is right twice
     assert out["baselines"]["common_title"]["exact_match"] == approx(1 / 3)
-    assert np.isclose(out["per_category"]["BAGS"]["price_median_ape"], 1.25)
+    assert np.isclose(out["per_category"]["BAGS"]["price_median_ape"], 0.75)
+
+
+# ---- failures never flatter a score -----------------------------------------------------------------------
+
+ALTERNATIVES = {  # real answers a row could have given instead of failing, from perfect to wildly off
+    "price": [None, 0.0, 1.0, 50.0, 99.0, 100.0, 150.0, 300.0, 1000.0, 1e6],
+    "category": ["BAGS", "SCARVES", "SHOES", "HATS", "A MADE-UP LABEL"],
+    "title": ["Medium Lola Bag", "lola", "Check Wool Scarf", "x", ""],
+}
+
+
+def _metrics_of(truth, preds):
+    from productlens.tracking import flatten_scores
+
+    return flatten_scores(score_predictions(truth, preds))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_failure_never_scores_better_than_any_real_answer(seed):
+    """Every metric's direction respected: a row that fails scores no better than the same row answered with
+    any real value, for every field and every metric (failures elsewhere in the set included)."""
+    from productlens.task.metrics import higher_is_better
+
+    rng = np.random.default_rng(seed)
+    categories = ["BAGS", "SCARVES", "SHOES", "HATS"]
+    titles = ["Medium Lola Bag", "Check Wool Scarf", "Rose Clutch", "Wool Cape"]
+    truth = [
+        {"title": str(rng.choice(titles)), "category": str(rng.choice(categories)), "price": float(p)}
+        for p in rng.uniform(20, 400, 9)
+    ]
+    preds = [
+        {
+            "title": str(rng.choice(titles)),
+            "category": str(rng.choice(categories)),
+            "price": float(t["price"] * rng.choice([0.5, 1.0, 1.1, 3.0])),
+        }
+        for t in truth
+    ]
+    preds[int(rng.integers(0, 9))]["category"] = None  # another failure in the set
+    checked = set()
+    for row in range(len(truth)):
+        for field, options in ALTERNATIVES.items():
+            failed = [dict(p) for p in preds]
+            failed[row][field] = None
+            fail = _metrics_of(truth, failed)
+            for value in options:
+                if value is None:
+                    continue
+                answered = [dict(p) for p in preds]
+                answered[row][field] = value
+                real = _metrics_of(truth, answered)
+                for name, score in fail.items():
+                    higher = higher_is_better(name)
+                    if higher is None:  # the *_parsed diagnostics leave failures out by definition
+                        continue
+                    checked.add(name)
+                    better = score > real[name] + 1e-12 if higher else score < real[name] - 1e-12
+                    assert not better, (name, field, value, score, real[name])
+    assert {"price_mape", "price_mae", "price_rmsle", "category_macro_f1", "title_token_f1"} <= checked
+
+
+def test_a_failed_category_counts_as_the_most_damaging_wrong_answer():
+    # truth A, B, C, D; answers A, (fail), D, C. Answering "A" for row 2 gives A: 2/3, others 0 -> 1/6;
+    # a made-up label would give (1 + 0 + 0 + 0 + 0) / 5 = 1/5; the failure takes the lower: 1/6
+    m = category_metrics(["A", "B", "C", "D"], ["A", None, "D", "C"])
+    assert m["macro_f1"] == approx(1 / 6) and m["accuracy"] == approx(0.25)

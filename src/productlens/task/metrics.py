@@ -3,11 +3,18 @@
 In: truth rows (Product or dicts) and predictions (ParsedAnswer or dicts), plus training rows for baselines.
 Out: plain dicts of numbers (JSON/W&B-ready). Pure functions (numpy only); `productlens evaluate` calls them.
 
-Parse failures never flatter a score: every metric is over ALL rows, and a missing field is scored as a wrong
-answer. A missing price counts as a prediction of 0 (the Phi-3 CookBook's own fallback): absolute error = the
-true price, APE = 1.0, never "within x%", log error = log1p(true price). A missing category or title is wrong
-for accuracy and exact match and scores 0 for F1 and edit similarity. `coverage` and `failure_rate` say how
-often that happened, and `mae_parsed` / `median_ape_parsed` show the price error over parsed rows alone.
+Parse failures never flatter a score: every metric is over ALL rows, and a failed field scores the worst a real
+answer could score on that row, never better:
+- price: a failure counts as a prediction of 0 (the Phi-3 CookBook's own fallback): absolute error = the true
+  price, APE = 1.0, log error = log1p(true price), never "within x%". Every real answer's per-row error is capped
+  at those values (an answer 3x off scores APE 1.0, not 2.0), so MAE, MAPE, median APE and RMSLE are "capped"
+  figures: no answer, however wrong, scores worse than no answer, and none scores better.
+- category: wrong for accuracy; for macro-F1 a failure counts as the wrong answer that lowers macro-F1 the most
+  (a false positive of one of the labels, or a made-up label of its own), chosen row by row.
+- title: 0 for exact match, token F1 and edit similarity (their minimum).
+`coverage` and `failure_rate` say how often a field failed. `mae_parsed` / `median_ape_parsed` (uncapped, over
+parsed rows alone) describe the answers given; they leave failures out, so they are diagnostics, not scores to
+pick a model or a checkpoint by (`higher_is_better` does not know them).
 """
 
 from __future__ import annotations
@@ -23,6 +30,22 @@ import numpy as np
 FIELDS = ("title", "category", "price")
 NO_ANSWER = "(no answer)"  # the confusion matrix column for an unparsed category
 WITHIN = (0.10, 0.25)  # the "within x% of the true price" shares reported
+
+
+# how a metric's name ends -> whether a higher value is better (training's `eval_*` names included)
+LOWER_IS_BETTER = ("loss", "mae", "ape", "rmsle", "failure_rate")
+HIGHER_IS_BETTER = ("accuracy", "f1", "exact_match", "edit_similarity", "within_10", "within_25", "coverage")
+
+
+def higher_is_better(name: str) -> bool | None:
+    """'eval_category_accuracy' -> True, 'eval_price_median_ape' / 'eval_failure_rate' -> False; None: unknown."""
+    if name.endswith("_parsed"):  # diagnostics that leave failures out
+        return None
+    if name.endswith(LOWER_IS_BETTER):
+        return False
+    if name.endswith(HIGHER_IS_BETTER):
+        return True
+    return None
 
 
 # ---- rows -------------------------------------------------------------------------------------------------
@@ -54,8 +77,11 @@ def _has_price(value: float | None) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def price_errors(true: Sequence[float], pred: Sequence[float | None]) -> dict[str, np.ndarray]:
-    """Per-row price errors: {"abs", "ape", "log"} arrays; a missing prediction is scored as 0."""
+def price_errors(
+    true: Sequence[float], pred: Sequence[float | None], capped: bool = True
+) -> dict[str, np.ndarray]:
+    """Per-row price errors: {"abs", "ape", "log"} arrays; a missing prediction is scored as 0, and (`capped`)
+    no error exceeds that of a missing prediction (abs <= true price, APE <= 1, |log| <= log1p(true price))."""
     y = np.asarray(true, dtype=float)
     if y.size and (not np.all(np.isfinite(y)) or np.any(y <= 0)):
         raise ValueError(
@@ -64,15 +90,21 @@ def price_errors(true: Sequence[float], pred: Sequence[float | None]) -> dict[st
     p = np.array([max(float(v), 0.0) if _has_price(v) else 0.0 for v in pred], dtype=float)
     if p.shape != y.shape:
         raise ValueError(f"{y.size} true prices but {p.size} predictions; pass one prediction per row")
-    return {"abs": np.abs(p - y), "ape": np.abs(p - y) / y, "log": np.log1p(p) - np.log1p(y)}
+    err = {"abs": np.abs(p - y), "ape": np.abs(p - y) / y, "log": np.log1p(p) - np.log1p(y)}
+    if capped:
+        worst = {"abs": y, "ape": np.ones_like(y), "log": np.log1p(y)}  # what a missing prediction scores
+        err = {k: np.clip(v, -worst[k], worst[k]) for k, v in err.items()}
+    return err
 
 
 def price_metrics(true: Sequence[float], pred: Sequence[float | None]) -> dict[str, float | None]:
-    """MAE, MAPE, median APE, within 10%/25%, RMSLE over all rows; coverage; MAE/median APE over parsed rows."""
+    """MAE, MAPE, median APE, within 10%/25%, RMSLE over all rows (capped per row); coverage; uncapped MAE and
+    median APE over parsed rows."""
     err = price_errors(true, pred)
     parsed = np.array([_has_price(v) for v in pred], dtype=bool)
     if not len(err["abs"]):
         return {}
+    raw = price_errors(true, pred, capped=False)
     out = {
         "mae": float(err["abs"].mean()),
         "mape": float(err["ape"].mean()),
@@ -81,8 +113,8 @@ def price_metrics(true: Sequence[float], pred: Sequence[float | None]) -> dict[s
         "rmsle": float(np.sqrt(np.mean(err["log"] ** 2))),
         "coverage": float(parsed.mean()),
     }
-    out["mae_parsed"] = float(err["abs"][parsed].mean()) if parsed.any() else None
-    out["median_ape_parsed"] = float(np.median(err["ape"][parsed])) if parsed.any() else None
+    out["mae_parsed"] = float(raw["abs"][parsed].mean()) if parsed.any() else None
+    out["median_ape_parsed"] = float(np.median(raw["ape"][parsed])) if parsed.any() else None
     return out
 
 
@@ -109,7 +141,8 @@ def confusion_matrix(true: Sequence[str], pred: Sequence[str | None]) -> dict[st
 
 
 def category_metrics(true: Sequence[str], pred: Sequence[str | None]) -> dict[str, float]:
-    """Accuracy and macro-F1 over the classes present in truth or prediction (a missing answer is wrong)."""
+    """Accuracy and macro-F1 over the classes present in truth or prediction; a missing answer is wrong, for
+    macro-F1 the wrong answer that lowers it most."""
     if not len(true):
         return {}
     cm = confusion_matrix(true, pred)
@@ -117,8 +150,29 @@ def category_metrics(true: Sequence[str], pred: Sequence[str | None]) -> dict[st
     tp = np.diag(matrix[:, :-1])
     fp = matrix[:, :-1].sum(axis=0) - tp
     fn = matrix.sum(axis=1) - tp
+    made_up = 0  # classes of F1 0 that failures were counted as
+    for true_class in np.repeat(np.arange(len(tp)), matrix[:, -1]):  # one entry per failure
+        made_up, fp = _worst_wrong_answer(tp, fp, fn, made_up, int(true_class))
     f1 = 2 * tp / (2 * tp + fp + fn)  # every class occurs in truth or prediction, so never 0/0
-    return {"accuracy": float(tp.sum() / matrix.sum()), "macro_f1": float(f1.mean()), "n_classes": len(tp)}
+    macro = f1.sum() / (len(tp) + made_up)
+    return {"accuracy": float(tp.sum() / matrix.sum()), "macro_f1": float(macro), "n_classes": len(tp)}
+
+
+def _worst_wrong_answer(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, made_up: int, true_class: int
+) -> tuple[int, np.ndarray]:
+    """A failed category -> the wrong answer that lowers macro-F1 most: a false positive of another label, or a
+    made-up label (one more class of F1 0). -> (made_up, fp) after counting it."""
+    f1 = 2 * tp / (2 * tp + fp + fn)  # (classes,)
+    classes = len(tp) + made_up
+    with_fp = 2 * tp / (2 * tp + fp + 1 + fn)  # each label's F1 with one more false positive
+    totals = (f1.sum() - f1 + with_fp) / classes  # macro-F1 if the failure had named label j
+    totals[true_class] = np.inf  # naming the true label would be right, not a failure
+    if f1.sum() / (classes + 1) <= totals.min():
+        return made_up + 1, fp
+    fp = fp.copy()
+    fp[int(totals.argmin())] += 1
+    return made_up, fp
 
 
 # ---- title ------------------------------------------------------------------------------------------------
