@@ -1,15 +1,18 @@
-"""Crash-safe file writes: a file appears whole under its name, or not at all.
+"""Crash-safe file writes: a file (or a model folder) appears whole under its name, or not at all.
 
-In: a target path and its bytes or text (or a function that writes a path). Out: the file, written to a temporary
-file in the same folder and renamed onto the target, so a crash never leaves a half-written file behind.
+In: a target path and its bytes or text (or a function that writes a path), or a folder and the objects to
+`save_pretrained` into it. Out: the file or folder, written to a temporary sibling and renamed onto the target,
+so a crash never leaves a half-written one behind.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -29,3 +32,25 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def save_pretrained_atomic(folder: str | os.PathLike, *parts: Any, overwrite: bool = False) -> Path:
+    """`part.save_pretrained` for each of `parts` (model, processor, ...) into `folder`, via a temporary sibling
+    folder renamed into place; -> the folder. Refuses a non-empty folder unless `overwrite`."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{folder} exists and is not empty; pass overwrite=True or choose another folder."
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for part in parts:
+            part.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

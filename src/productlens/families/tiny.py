@@ -8,7 +8,6 @@ its processor into a folder in the model's own transformers layout, atomically.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from productlens.files import save_pretrained_atomic
 
 
 def byte_level_tokenizer(
@@ -59,25 +60,9 @@ def seeded(build: Any, seed: int) -> Any:
 
 
 def write_folder(folder: str | os.PathLike, model: Any, processor: Any, overwrite: bool = False) -> Path:
-    """model.save_pretrained + processor.save_pretrained into `folder`, via a temporary sibling folder, so no
-    half-written model survives a crash. Refuses a non-empty folder unless `overwrite`."""
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{folder} exists and is not empty; pass overwrite=True or choose another folder."
-        )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    """model.save_pretrained + processor.save_pretrained into `folder`, crash-safe (files.save_pretrained_atomic).
+    Refuses a non-empty folder unless `overwrite`."""
+    return save_pretrained_atomic(folder, model, processor, overwrite=overwrite)
 
 
 __all__ = ["byte_level_tokenizer", "seeded", "write_folder"]

@@ -7,7 +7,6 @@ files, preprocessor_config.json) that `AutoModelForCausalLM` / `AutoProcessor.fr
 
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
+from productlens.files import save_pretrained_atomic
 from productlens.phi3v.configuration import Phi3VConfig
 from productlens.phi3v.image_processing import Phi3VImageProcessor
 from productlens.phi3v.modeling import Phi3VForCausalLM
@@ -198,18 +198,7 @@ def save_tiny_model(
         torch.manual_seed(seed)
         model = Phi3VForCausalLM(config)
     processor = Phi3VProcessor(Phi3VImageProcessor.for_model(config, num_crops=num_crops), tokenizer)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return save_pretrained_atomic(folder, model, processor, overwrite=True)  # emptiness was checked above
 
 
 __all__ = ["build_tokenizer", "save_tiny_model", "tiny_config"]
