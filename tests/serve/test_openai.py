@@ -432,8 +432,10 @@ def test_predict_endpoint_writes_the_rows_local_predict_writes(server, model_dir
     assert remote.exit_code == 0, remote.output
     rows = read_rows(tmp_path / "remote.jsonl")
     assert rows == read_rows(tmp_path / "local.jsonl")
-    assert [r["error"] is None for r in rows] == [True, True, True, False]
-    assert rows[0]["raw_text"] and "4 photos: 3 read, 1 failed" in remote.output
+    # broken.jpg is no image by its content: listed first, with its reason, by both
+    assert [r["error"] is None for r in rows] == [False, True, True, True]
+    assert rows[0]["error"].startswith("skipped") and rows[1]["raw_text"]
+    assert "4 inputs: 3 read, 0 failed, 1 skipped" in remote.output
 
     refused = runner.invoke(cli, [*common, "--endpoint", server, "--api-key", "wrong"])
     assert refused.exit_code == 2 and "401" in refused.output and "--api-key" in refused.output
