@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from productlens.families import Family
-from productlens.families.tiny import byte_level_tokenizer, seeded, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, write_folder
 
 SPECIAL_TOKENS = [
     "<pad>",
@@ -86,17 +86,11 @@ class Gemma3(Family):
         config = Gemma3Config(
             text_config={
                 "vocab_size": len(tokenizer),
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
+                **TINY_TEXT,
                 "head_dim": 8,
                 "query_pre_attn_scalar": 8,
                 "sliding_window": 16,
                 "layer_types": ["sliding_attention", "full_attention"],
-                "max_position_embeddings": 2048,
-                "initializer_range": 0.15,  # peaked outputs: a random tiny model still answers order-sensitively
                 "bos_token_id": ids("<bos>"),
                 "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
                 "pad_token_id": ids("<pad>"),

@@ -59,10 +59,22 @@ def seeded(build: Any, seed: int) -> Any:
         return build()
 
 
+# The decoder sizes every family's tiny model shares (odd intermediate size: a transposed weight is a shape error).
+TINY_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.15,  # peaked outputs: a random tiny model still answers order-sensitively
+}
+
+
 def write_folder(folder: str | os.PathLike, model: Any, processor: Any, overwrite: bool = False) -> Path:
     """model.save_pretrained + processor.save_pretrained into `folder`, crash-safe (files.save_pretrained_atomic).
     Refuses a non-empty folder unless `overwrite`."""
     return save_pretrained_atomic(folder, model, processor, overwrite=overwrite)
 
 
-__all__ = ["byte_level_tokenizer", "seeded", "write_folder"]
+__all__ = ["TINY_TEXT", "byte_level_tokenizer", "seeded", "write_folder"]
