@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from serve_process import serve_process
 
 from productlens.catalog.photos import PhotoSpec, draw_photo, encode_jpeg
 from productlens.catalog.server import ImageServer, bomb_png
@@ -474,25 +474,11 @@ def test_productlens_serve_command_prints_its_url_and_serves(model_dir):
     env = {**os.environ, "PRODUCTLENS_TOKEN": "cli-token", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "productlens", "serve", "--model", str(model_dir), "--port", "0"]
     command += ["--max-batch", "2", "--max-images", "2"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as proc:
-        try:
-            lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if "serving" in line:
-                    break
-            url = next((w for w in lines[-1].split() if w.startswith("http://127.0.0.1:")), None)
-            assert url, "".join(lines)
-            url = url.rstrip("/")
-            health = httpx.get(f"{url}/health", timeout=30).json()
-            assert health["model"] == model_dir.name and health["auth_required"] and health["max_images"] == 2
-            headers = {"authorization": "Bearer cli-token"}
-            response = httpx.post(f"{url}/v1/predict", **upload(PHOTO_A), headers=headers, timeout=120)
-            assert response.status_code == 200, response.text
-            too_many = httpx.post(f"{url}/v1/predict", **upload(PHOTO_A, PHOTO_A, PHOTO_A), headers=headers)
-            assert too_many.status_code == 413
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with serve_process(command, env) as url:
+        health = httpx.get(f"{url}/health", timeout=30).json()
+        assert health["model"] == model_dir.name and health["auth_required"] and health["max_images"] == 2
+        headers = {"authorization": "Bearer cli-token"}
+        response = httpx.post(f"{url}/v1/predict", **upload(PHOTO_A), headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+        too_many = httpx.post(f"{url}/v1/predict", **upload(PHOTO_A, PHOTO_A, PHOTO_A), headers=headers)
+        assert too_many.status_code == 413

@@ -10,7 +10,6 @@ import http.server
 import io
 import json
 import os
-import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from serve_process import serve_process
 from typer.testing import CliRunner
 
 from productlens.catalog.photos import PhotoSpec, draw_photo, encode_jpeg
@@ -88,22 +88,8 @@ def server(model_dir):
         "--max-wait-ms",
         "100",
     ]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as proc:
-        try:
-            lines = []
-            for line in proc.stdout:
-                lines.append(line)
-                if "serving" in line:
-                    break
-            url = next((w for w in lines[-1].split() if w.startswith("http://127.0.0.1:")), None)
-            assert url, "".join(lines)
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
-            yield url.rstrip("/")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with serve_process(command, env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
