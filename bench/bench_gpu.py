@@ -33,8 +33,9 @@ import torch
 from PIL import Image, ImageDraw
 
 import productlens.phi3v  # noqa: F401  (registers phi3_v)
-from productlens.collate import TrainingCollator
 from productlens.config import load_config
+from productlens.families import get_family
+from productlens.families.collate import FamilyCollator
 from productlens.phi3v.configuration import CLIP_VIT_LARGE_PATCH14_336, Phi3VConfig
 from productlens.phi3v.image_processing import Phi3VImageProcessor
 from productlens.phi3v.modeling import Phi3VForCausalLM
@@ -107,6 +108,8 @@ LONG += [
     64.81,
     64.81,
 ]
+
+PHI3V = get_family("phi3v")
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -311,7 +314,7 @@ def train_steps(
             out.append({"method": method, "num_crops": crops, "error": "skipped: time budget spent"})
             continue
         processor = Phi3VProcessor.from_pretrained(base, num_crops=crops)
-        collate = TrainingCollator(processor, template_of(config))
+        collate = FamilyCollator(PHI3V, processor, template_of(config))
         size = args.per_device_train_batch_size
         batch = {k: v.to(device) for k, v in collate(data_rows[:size]).items()}
         if device.type == "cuda":
@@ -374,7 +377,7 @@ def bf16_versus_fp32(base: Path, data_rows: list, device: torch.device, steps: i
         }
         optimizer = ProductTrainer(model=model, args=args, finetune=config.finetune).create_optimizer()
         processor = Phi3VProcessor.from_pretrained(base, num_crops=4)
-        collate = TrainingCollator(processor, template_of(config))
+        collate = FamilyCollator(PHI3V, processor, template_of(config))
         for k in range(steps):
             batch = {key: v.to(device) for key, v in collate(data_rows[k : k + 1]).items()}
             forward_backward(model, batch, device, bool(args.bf16))

@@ -24,9 +24,13 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 import productlens.phi3v  # noqa: F401
 from productlens.catalog.schema import MISSING
 from productlens.catalog.synth import write_catalog
-from productlens.collate import SeededLengthGroupedSampler, TrainingCollator, example_lengths, product_of
+from productlens.collate import SeededLengthGroupedSampler, product_of
+from productlens.families import get_family
+from productlens.families.collate import FamilyCollator, example_lengths
 from productlens.phi3v.tiny import save_tiny_model
 from productlens.task.prompts import AnswerTemplate
+
+PHI3V = get_family("phi3v")
 
 
 def products(folder: Path, rows: int) -> datasets.Dataset:
@@ -44,7 +48,7 @@ def products(folder: Path, rows: int) -> datasets.Dataset:
     return datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
 
 
-def reference_batches(rows: list[dict], collate: TrainingCollator) -> list[dict]:
+def reference_batches(rows: list[dict], collate: FamilyCollator) -> list[dict]:
     """The recipe's batches: one row each, padded on its own (to its own length, so not at all)."""
     return [collate([row]) for row in rows]
 
@@ -90,10 +94,10 @@ def main() -> None:
         processor = AutoProcessor.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        collate = TrainingCollator(processor, template)
+        collate = FamilyCollator(PHI3V, processor, template)
         rows = [dataset[i] for i in range(len(dataset))]
 
-        lengths = example_lengths(dataset, processor, template)
+        lengths = example_lengths(PHI3V, processor, template, dataset)
         order = list(SeededLengthGroupedSampler(args.batch_size, lengths, seed=0))
         ours = [
             collate([rows[i] for i in order[k : k + args.batch_size]])

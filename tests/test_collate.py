@@ -13,13 +13,15 @@ from transformers import AutoProcessor
 import productlens.phi3v  # noqa: F401  (registers phi3_v)
 from productlens.collate import (
     SeededLengthGroupedSampler,
-    TrainingCollator,
-    example_lengths,
     image_size,
     padding_efficiency,
 )
+from productlens.families import get_family
+from productlens.families.collate import FamilyCollator, example_lengths
 from productlens.phi3v.tiny import save_tiny_model
 from productlens.task.prompts import AnswerTemplate
+
+PHI3V = get_family("phi3v")
 
 FIXTURE_MODEL = (
     Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "phi3v-reference" / "model"
@@ -89,7 +91,7 @@ def tiny(tmp_path_factory):
 
 
 def test_labels_supervise_exactly_the_answer_and_the_end_tokens_official_ids(official):
-    batch = TrainingCollator(official, AnswerTemplate())(_rows())
+    batch = FamilyCollator(PHI3V, official, AnswerTemplate())(_rows())
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     supervised = labels[0][labels[0] != IGNORE].tolist()
     assert supervised == LOLA_ANSWER_IDS + END_IDS
@@ -105,7 +107,7 @@ def test_labels_supervise_exactly_the_answer_and_the_end_tokens_official_ids(off
 
 def test_labels_with_a_self_built_tokenizer(tiny):
     template = AnswerTemplate()
-    batch = TrainingCollator(tiny, template)(_rows())
+    batch = FamilyCollator(PHI3V, tiny, template)(_rows())
     end_id, eos_id = tiny.stop_token_ids
     for row in range(3):
         supervised = batch["labels"][row][batch["labels"][row] != IGNORE].tolist()
@@ -116,11 +118,11 @@ def test_labels_with_a_self_built_tokenizer(tiny):
 
 def test_padding_is_to_the_longest_row_of_the_batch(official):
     rows = _rows()
-    batch = TrainingCollator(official, AnswerTemplate())(rows)
+    batch = FamilyCollator(PHI3V, official, AnswerTemplate())(rows)
     lengths = batch["attention_mask"].sum(1).tolist()
     assert batch["input_ids"].shape[1] == max(lengths) < 2000
     assert len(set(lengths)) == 3  # different image grids -> different lengths, nothing padded to a constant
-    alone = [TrainingCollator(official, AnswerTemplate())([r])["input_ids"].shape[1] for r in rows]
+    alone = [FamilyCollator(PHI3V, official, AnswerTemplate())([r])["input_ids"].shape[1] for r in rows]
     assert alone == lengths
     real, computed = padding_efficiency([batch])
     assert real == sum(lengths) and computed == 3 * max(lengths)
@@ -133,23 +135,23 @@ def test_lengths_come_from_image_headers_and_match_the_batches(official, tmp_pat
         row["image"].save(path)
         row["image"] = str(path)
     dataset = datasets.Dataset.from_list(rows).cast_column("image", datasets.Image())
-    lengths = example_lengths(dataset, official, AnswerTemplate())
-    batch = TrainingCollator(official, AnswerTemplate())([dataset[i] for i in range(3)])
+    lengths = example_lengths(PHI3V, official, AnswerTemplate(), dataset)
+    batch = FamilyCollator(PHI3V, official, AnswerTemplate())([dataset[i] for i in range(3)])
     assert lengths == batch["attention_mask"].sum(1).tolist()
     assert image_size(dataset.cast_column("image", datasets.Image(decode=False))[1]["image"]) == (900, 300)
 
 
 def test_a_length_limit_that_would_cut_is_an_error_not_a_truncation(official):
-    collator = TrainingCollator(official, AnswerTemplate(), max_length=100)
+    collator = FamilyCollator(PHI3V, official, AnswerTemplate(), max_length=100)
     with pytest.raises(ValueError, match="image slots"):
         collator(_rows()[:1])
-    full = TrainingCollator(official, AnswerTemplate())(_rows()[:1])["input_ids"].shape[1]
+    full = FamilyCollator(PHI3V, official, AnswerTemplate())(_rows()[:1])["input_ids"].shape[1]
     with pytest.raises(ValueError, match="answer tokens would be cut"):
-        TrainingCollator(official, AnswerTemplate(), max_length=full - 2)(_rows()[:1])
+        FamilyCollator(PHI3V, official, AnswerTemplate(), max_length=full - 2)(_rows()[:1])
 
 
 def test_the_collator_is_deterministic(tiny):
-    collator = TrainingCollator(tiny, AnswerTemplate(question="Which product is this?"))
+    collator = FamilyCollator(PHI3V, tiny, AnswerTemplate(question="Which product is this?"))
     a, b = collator(_rows()), collator(_rows())
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "Which product" in tiny.tokenizer.decode([t for t in a["input_ids"][0].tolist() if t >= 0])

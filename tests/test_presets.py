@@ -11,6 +11,7 @@ import yaml
 from transformers import TrainingArguments
 
 from productlens.config import CONFIGS_DIR, DEFAULT_TRAINING, SECTIONS, from_dict, load_yaml, merge
+from productlens.families import get_family
 from productlens.phi3v.tiny import save_tiny_model
 from productlens.quickstart import split_preset
 from productlens.train import load_model, quantization_settings, training_arguments
@@ -96,7 +97,7 @@ def test_preset_finds_its_modules_in_a_phi3v_model(path, tmp_path, tiny_model):
     )
     if config.finetune.method == "qlora":
         with pytest.raises(RuntimeError, match=r"bitsandbytes|CUDA"):
-            quantization_settings(torch.bfloat16)
+            quantization_settings(torch.bfloat16, get_family("phi3v"))
         config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, method="lora"))
     model = load_model(config, training_arguments(config))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -20,17 +20,19 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 import productlens.phi3v  # noqa: F401
 from productlens.config import load_config, save_config
+from productlens.families import get_family
 from productlens.phi3v.tiny import save_tiny_model
 from productlens.train import (
     ProductTrainer,
     latest_checkpoint,
     load_model,
-    part_of,
     quantization_settings,
     train,
     training_arguments,
 )
 
+PHI3V = get_family("phi3v")
+part_of = PHI3V.part_of
 SHAPES = {"BAGS": "ellipse", "BELTS": "rectangle", "SCARVES": "polygon"}
 
 
@@ -176,7 +178,7 @@ def test_everything_frozen_is_an_error(workspace, tmp_path):
 
 def test_qlora_without_bitsandbytes_or_gpu_says_what_to_do():
     with pytest.raises(RuntimeError, match=r"bitsandbytes|CUDA GPU"):
-        quantization_settings(torch.bfloat16)
+        quantization_settings(torch.bfloat16, PHI3V)
 
 
 def test_separate_learning_rates_for_vision_and_projection(workspace, tmp_path):
@@ -267,12 +269,15 @@ def test_lora_run_picks_the_best_checkpoint_by_a_generation_metric_and_merges(wo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    from productlens.collate import TrainingCollator
+    from productlens.families import get_family
+    from productlens.families.collate import FamilyCollator
+
+    PHI3V = get_family("phi3v")
     from productlens.train import template_of
 
     processor = AutoProcessor.from_pretrained(out / "model")
     rows = [datasets.load_from_disk(str(Path(config.data.path) / "dataset"))["test"][i] for i in range(3)]
-    batch = TrainingCollator(processor, template_of(config))(rows)
+    batch = FamilyCollator(PHI3V, processor, template_of(config))(rows)
     with torch.no_grad():
         a = AutoModelForCausalLM.from_pretrained(out / "model").eval()(**batch).logits
         peft = PeftModel.from_pretrained(
@@ -290,7 +295,7 @@ def test_the_seeded_sampler_is_found_behind_the_loader_wrappers(workspace, tmp_p
     config = _config(workspace, tmp_path, "finetune.method=full", "training.eval_strategy=no")
     args = training_arguments(config)
     processor = load_processor(config)
-    _, train_set, _ = _datasets(config, processor, template_of(config), args)
+    _, train_set, _ = _datasets(config, PHI3V, processor, template_of(config), args)
     trainer = ProductTrainer(
         model=load_model(config, args), args=args, train_dataset=train_set, finetune=config.finetune
     )
@@ -432,7 +437,7 @@ def test_qlora_quantizes_the_decoder_only():
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(tiny_config(400, image_size=56))
-    settings = bnb_config(torch.bfloat16)
+    settings = bnb_config(torch.bfloat16, PHI3V)
     skip = Bnb4BitHfQuantizer.get_modules_to_not_convert(
         model, settings.llm_int8_skip_modules, model._keep_in_fp32_modules
     )

@@ -1,7 +1,7 @@
 """Chat requests through one batched `generate`: each row with its own prompt, photos, token budget, temperature,
 stop strings, optional JSON schema and optional streaming callback.
 
-In: `ChatJob`s (a Phi-3 chat prompt with `<|image_k|>` tags and its images). Out: a `ChatResult` per job: the
+In: `ChatJob`s (a prompt from the family's chat template, with its images). Out: a `ChatResult` per job: the
 answer text, real token counts and why it ended. Used by `Predictor.chat` (behind the OpenAI-compatible endpoint).
 """
 
@@ -60,8 +60,8 @@ class _Row:
 
 def run_chat(predictor: Predictor, jobs: Sequence[ChatJob]) -> list[ChatResult]:
     """Jobs -> results, in order, from one left-padded `generate` call."""
-    processor = predictor.processor
-    stop_ids = processor.stop_token_ids
+    processor, family = predictor.processor, predictor.family
+    stop_ids = family.stop_token_ids(processor)
     vocab = predictor.model.get_output_embeddings().weight.shape[0]
     rows = [
         _Row(
@@ -69,9 +69,7 @@ def run_chat(predictor: Predictor, jobs: Sequence[ChatJob]) -> list[ChatResult]:
         )
         for job in jobs
     ]
-    batch = processor(
-        text=[j.prompt for j in jobs], images=[j.images or None for j in jobs], padding_side="left"
-    )
+    batch = family.encode_chat(processor, [j.prompt for j in jobs], [j.images for j in jobs])
     inputs = predictor._on_device(batch)
     prompt_length = inputs["input_ids"].shape[1]
     budget = max(j.max_new_tokens for j in jobs)
@@ -84,7 +82,7 @@ def run_chat(predictor: Predictor, jobs: Sequence[ChatJob]) -> list[ChatResult]:
             do_sample=sample,
             **({"temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {}),
             eos_token_id=stop_ids,
-            pad_token_id=processor.pad_token_id,
+            pad_token_id=family.pad_token_id(processor),
             logits_processor=[_RowLogits(rows, prompt_length, sample)],
             stopping_criteria=[tracker],
         )

@@ -49,13 +49,25 @@ DEFAULT_TRAINING: dict[str, Any] = {
 class ModelConfig:
     """Which checkpoint to start from and how to load it."""
 
-    path: str = "microsoft/Phi-3-vision-128k-instruct"  # a local folder in the official layout
+    path: str = "microsoft/Phi-3-vision-128k-instruct"  # a hub id or a local folder
+    family: str | None = (
+        None  # phi3v | qwen2_5_vl | qwen3_vl | smolvlm | gemma3; None: from config.json's model_type
+    )
     dtype: str = (
         "auto"  # auto | float32 | bfloat16 | float16: frozen weights as loaded; with training.bf16/fp16
     )
     # the trained ones get float32 master weights
     attn_implementation: str | None = None  # eager | sdpa | flash_attention_2; None: the model's default
-    num_crops: int | None = None  # HD crops per image (16: 3V default, 4: 3.5V); None: the processor's own
+    num_crops: int | None = (
+        None  # Phi-3-V's HD crops per image (16: 3V default, 4: 3.5V); None: the processor's own
+    )
+    # the family's image-cost settings, e.g. {max_pixels: 401408} (Qwen2.5-VL), {size: {longest_edge: 768}}
+    # (SmolVLM), {do_pan_and_scan: false} (Gemma 3); {}: the checkpoint's own
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    def cost_settings(self) -> dict[str, Any]:
+        """The processor overrides this config asks for: `cost`, plus `num_crops` (Phi-3-V's knob) when set."""
+        return {**self.cost, **({"num_crops": self.num_crops} if self.num_crops is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -90,15 +102,9 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    targets: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # language model modules
-    vision_targets: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "out_proj",
-        "fc1",
-        "fc2",
-    )  # CLIP, if unfrozen
+    # language model modules; None: the family's (Phi-3-V: qkv_proj, o_proj, gate_up_proj, down_proj)
+    targets: tuple[str, ...] | None = None
+    vision_targets: tuple[str, ...] | None = None  # vision tower modules, if unfrozen; None: the family's
     projection_targets: bool = False  # adapters on img_projection.0/.2 instead of training it whole
 
 

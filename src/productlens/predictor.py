@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from productlens.families import Family, family_for, get_family
 from productlens.task.constrain import AnswerGrammar, Constraints, TemplateConstraint, token_pieces
 from productlens.task.parse import parse_answer
 from productlens.task.prompts import AnswerTemplate
@@ -61,8 +62,8 @@ class Predictor:
     """Loads a model once; photos in, `Prediction`s out. The one inference object behind the CLI, the HTTP API
     and the training-time evaluation (which builds it around the model in memory).
 
-    Generation is greedy by default, in batches of `batch_size` left-padded prompts, and stops at `<|end|>` or
-    `<|endoftext|>`. `constraints` (or the shorthand `constrain_categories=[...]`, `constrain_price=True`)
+    Generation is greedy by default, in batches of `batch_size` left-padded prompts, and stops at the family's
+    end-of-turn token (Phi-3-V: `<|end|>` or `<|endoftext|>`). `family`: default from the model's config. `constraints` (or the shorthand `constrain_categories=[...]`, `constrain_price=True`)
     switches on constrained decoding: see `Constraints`.
     """
 
@@ -81,6 +82,7 @@ class Predictor:
         constraints: Constraints | None = None,
         constrain_categories: Sequence[str] | None = None,
         constrain_price: bool = False,
+        family: Family | None = None,
     ) -> None:
         if constrain_categories is not None or constrain_price:  # shorthand for constraints=Constraints(...)
             if constraints is not None:
@@ -95,6 +97,7 @@ class Predictor:
             )
         self.model = model
         self.processor = processor
+        self.family = family or family_for(model.config)
         self.template = template
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -116,23 +119,26 @@ class Predictor:
         num_crops: int | None = None,
         template: AnswerTemplate | None = None,
         merge: bool = True,
+        family: str | None = None,
+        cost: dict[str, Any] | None = None,
         **options: Any,
     ) -> Predictor:
         """Load a model folder / hub id, a PEFT adapter folder, or a training run folder -> Predictor.
 
         A run folder (from `productlens train`) gives the base model, the adapter or merged model, the answer
-        template and num_crops. `device`: default cuda if available, else cpu; `dtype`: default bfloat16 on
+        template, the family and the image-cost settings (`cost`, e.g. {"max_pixels": 401408}; `num_crops` is
+        Phi-3-V's). `family`: default from the model's config.json. `device`: default cuda if available, else cpu; `dtype`: default bfloat16 on
         GPU, float32 on CPU. `merge` folds a LoRA adapter into the weights (faster inference). Weights are read
         from safetensors only, and no remote code is run. `options` go to `Predictor(...)`.
         """
         source = resolve_source(model, adapter)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _dtype(dtype, device)
-        from transformers import AutoModelForCausalLM, AutoProcessor
+        from transformers import PretrainedConfig
 
-        import productlens.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
-
-        net = AutoModelForCausalLM.from_pretrained(source.base, dtype=dtype, use_safetensors=True)
+        name = family or source.family
+        kind = get_family(name) if name else family_for(PretrainedConfig.get_config_dict(source.base)[0])
+        net = kind.load_model(source.base, dtype=dtype)
         if source.adapter is not None:
             from peft import PeftModel
 
@@ -140,13 +146,15 @@ class Predictor:
             if merge:
                 net = net.merge_and_unload()
         net.to(device).eval()
-        processor = AutoProcessor.from_pretrained(source.processor)
-        crops = num_crops or source.num_crops
-        if crops is not None:
-            if not 1 <= int(crops) <= 16:
-                raise ValueError(f"num_crops is {crops}; use 1..16 (4 for Phi-3.5-V, 16 for Phi-3-V)")
-            processor.image_processor.num_crops = int(crops)
-        return cls(net, processor, template or source.template or AnswerTemplate(), **options)
+        settings = {**source.cost, **(cost or {})}
+        if num_crops is not None:
+            settings["num_crops"] = num_crops
+        if "num_crops" in settings and not 1 <= int(settings["num_crops"]) <= 16:
+            raise ValueError(
+                f"num_crops is {settings['num_crops']}; use 1..16 (4 for Phi-3.5-V, 16 for Phi-3-V)"
+            )
+        processor = kind.load_processor(source.processor, **settings)
+        return cls(net, processor, template or source.template or AnswerTemplate(), family=kind, **options)
 
     def with_options(self, **options: Any) -> Predictor:
         """A Predictor on the same model and processor with some options changed (e.g. constraints=...)."""
@@ -162,7 +170,7 @@ class Predictor:
         if {"constrain_categories", "constrain_price"} & set(options):
             del current["constraints"]  # the shorthand replaces them
         template = options.pop("template", self.template)
-        other = Predictor(self.model, self.processor, template, **{**current, **options})
+        other = Predictor(self.model, self.processor, template, family=self.family, **{**current, **options})
         if (other.template, other.constraints) == (self.template, self.constraints):
             other._grammar = self._grammar  # reading the vocabulary again would give the same automaton
         return other
@@ -173,13 +181,13 @@ class Predictor:
 
     @cached_property
     def _prompt(self) -> str:
-        return self.processor.chat_prompt(self.template.question)
+        return self.family.prompt(self.processor, self.template.question)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int | None = None) -> list[Prediction]:
         """Photos -> one Prediction each, in order. Batches hold photos of similar prompt length (fewer pads)."""
         images = list(images)
         size = batch_size or self.batch_size
-        slots = [self.processor.num_image_tokens(*im.size) for im in images]
+        slots = [self.family.image_tokens(self.processor, *im.size) for im in images]
         order = sorted(range(len(images)), key=lambda i: slots[i])
         out: list[Prediction | None] = [None] * len(images)
         for start in range(0, len(order), size):
@@ -211,16 +219,14 @@ class Predictor:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=self.do_sample,
                 **(sampling if self.do_sample else {}),
-                eos_token_id=self.processor.stop_token_ids,
-                pad_token_id=self.processor.pad_token_id,
+                eos_token_id=self.family.stop_token_ids(self.processor),
+                pad_token_id=self.family.pad_token_id(self.processor),
                 logits_processor=processors,
             )
-        return self.processor.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        return self.processor.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
 
     def _inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        inputs = self.processor(
-            text=[self._prompt] * len(images), images=images, padding_side="left", return_tensors="pt"
-        )
+        inputs = self.family.encode(self.processor, [self._prompt] * len(images), images, padding_side="left")
         return self._on_device(inputs)
 
     def _on_device(self, inputs: Any) -> dict[str, torch.Tensor]:
@@ -255,7 +261,7 @@ class Predictor:
                 context,
             )
             self._grammar = AnswerGrammar(
-                self.template, self.constraints, pieces, first, self.processor.stop_token_ids
+                self.template, self.constraints, pieces, first, self.family.stop_token_ids(self.processor)
             )
             need = self._grammar.need_from[0]
             if need > self.max_new_tokens:
@@ -268,21 +274,16 @@ class Predictor:
 
     def image_features(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         """Photos -> [N, hidden] float32: the projected image embeddings the language model sees, mean-pooled."""
-        from productlens.phi3v.modeling import Phi3VImageEmbedding
-
-        embed = next((m for m in self.model.modules() if isinstance(m, Phi3VImageEmbedding)), None)
-        if embed is None:
-            raise TypeError("image_features needs a Phi-3-Vision model (no Phi3VImageEmbedding module found)")
         size = batch_size or self.batch_size
         out = []
         with _evaluating(self.model), torch.inference_mode():
             for start in range(0, len(images), size):
                 inputs = self._inputs(list(images[start : start + size]))
-                # [T, hidden]: every image's features in turn, as many as its prompt has image slots
-                features = embed(inputs["pixel_values"], inputs["image_sizes"])
-                counts = (inputs["input_ids"] < 0).sum(dim=1).tolist()  # [batch]
-                out += [part.float().mean(0).cpu().numpy() for part in features.split(counts)]
-        return np.stack(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+                out += [row.float().cpu().numpy() for row in self.family.image_features(self.model, inputs)]
+        if not out:
+            width = self.model.get_input_embeddings().weight.shape[1]
+            return np.zeros((0, width), dtype=np.float32)
+        return np.stack(out)
 
 
 def _warpers(temperature: float, top_p: float, top_k: int) -> list[LogitsProcessor]:
@@ -337,7 +338,10 @@ class ModelSource:
     adapter: Path | None = None  # PEFT adapter folder
     processor: str = ""  # folder or hub id with the tokenizer and preprocessor config
     template: AnswerTemplate | None = None  # the run's answer template, when a run config gives one
-    num_crops: int | None = None  # the run's num_crops, when set
+    cost: dict[str, Any] = field(
+        default_factory=dict
+    )  # the run's image-cost settings (num_crops, max_pixels...)
+    family: str | None = None  # the run's model.family, when set
 
 
 def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None = None) -> ModelSource:
@@ -356,10 +360,11 @@ def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None =
         raise NotADirectoryError(f"{path} is a file; pass the folder that holds config.json, or a run folder")
     inside = path.name in (MODEL_SUBFOLDER, ADAPTER_SUBFOLDER)  # run/model or run/adapter
     run = path.parent if inside and not (path / RUN_CONFIG).is_file() else path
-    template, num_crops, base = _run_settings(run) if (run / RUN_CONFIG).is_file() else (None, None, None)
+    settings = _run_settings(run) if (run / RUN_CONFIG).is_file() else RunSettings()
+    base = settings.base
     for folder in (path / MODEL_SUBFOLDER, path):
         if (folder / "config.json").is_file():
-            return ModelSource(str(folder), None, _processor(folder, str(folder)), template, num_crops)
+            return ModelSource(str(folder), None, _processor(folder, str(folder)), *settings.fields())
     for folder in (path / ADAPTER_SUBFOLDER, path):
         if (folder / "adapter_config.json").is_file():
             base = base or json.loads((folder / "adapter_config.json").read_text()).get(
@@ -372,7 +377,7 @@ def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None =
             if not Path(base).exists() and (run / base).exists():
                 base = str(run / base)  # a base path relative to the run folder
             return ModelSource(
-                str(base), _adapter_folder(folder), _processor(folder, str(base)), template, num_crops
+                str(base), _adapter_folder(folder), _processor(folder, str(base)), *settings.fields()
             )
     raise FileNotFoundError(
         f"no model in {path}: expected config.json (a model), adapter_config.json (a PEFT adapter), or a run "
@@ -381,28 +386,37 @@ def resolve_source(model: str | os.PathLike, adapter: str | os.PathLike | None =
 
 
 def _with_adapter(source: ModelSource, folder: Path) -> ModelSource:
-    """A base model's source + an adapter folder: the adapter's run settings (template, num_crops) from the
+    """A base model's source + an adapter folder: the adapter's run settings (template, cost, family) from the
     config.yaml of its run folder (RUN/adapter) or beside it, and the processor saved with it."""
     run = folder if (folder / RUN_CONFIG).is_file() else folder.parent
-    template, num_crops = source.template, source.num_crops
+    source = replace(source, adapter=folder, processor=_processor(folder, source.processor))
     if (run / RUN_CONFIG).is_file():
-        template, num_crops, _ = _run_settings(run)
-    return replace(
-        source,
-        adapter=folder,
-        processor=_processor(folder, source.processor),
-        template=template,
-        num_crops=num_crops,
-    )
+        template, cost, family = _run_settings(run).fields()
+        source = replace(source, template=template, cost=cost, family=family)
+    return source
 
 
-def _run_settings(run: Path) -> tuple[AnswerTemplate, int | None, str]:
-    """(template, num_crops, base model) from a run folder's resolved config."""
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run folder's resolved config says about loading its model."""
+
+    template: AnswerTemplate | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None
+    base: str | None = None
+
+    def fields(self) -> tuple[AnswerTemplate | None, dict[str, Any], str | None]:
+        """(template, cost, family), in ModelSource's order."""
+        return self.template, self.cost, self.family
+
+
+def _run_settings(run: Path) -> RunSettings:
+    """A run folder's config.yaml -> its template, image-cost settings, family and base model."""
     from productlens.config import load_config
 
     config = load_config(run / RUN_CONFIG)
     template = AnswerTemplate.from_dict(config.task) if config.task else AnswerTemplate()
-    return template, config.model.num_crops, config.model.path
+    return RunSettings(template, config.model.cost_settings(), config.model.family, config.model.path)
 
 
 def _adapter_folder(adapter: str | os.PathLike) -> Path:

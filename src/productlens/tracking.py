@@ -136,7 +136,7 @@ class GenerationEvalCallback(TrainerCallback):
         self.table_rows = table_rows
         self.last: list[dict[str, Any]] | None = None  # the latest records, until logged
 
-    def run(self, model: Any, processor: Any) -> dict[str, float]:
+    def run(self, model: Any, processor: Any, family: Any = None) -> dict[str, float]:
         """Model (in memory) -> task metrics on the sample, e.g. {'category_accuracy': 0.4, ...}."""
         from productlens.predict import Predictor
 
@@ -144,6 +144,7 @@ class GenerationEvalCallback(TrainerCallback):
             model,
             processor,
             template=self.template,
+            family=family,
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
         )

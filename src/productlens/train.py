@@ -1,6 +1,7 @@
-"""The training recipe: prepared dataset -> processor -> Phi-3-Vision (+ LoRA / DoRA / QLoRA, or full) -> HF Trainer
--> adapter and/or model folder. In: a `RunConfig`. Out: RUN_DIR with checkpoints, config.yaml, run_info.json,
-adapter/ (PEFT) and model/ (full fine-tuning, or `--merge`), in the official checkpoint layout.
+"""The training recipe: prepared dataset -> processor -> a VLM of any family (+ LoRA / DoRA / QLoRA, or full) -> HF
+Trainer -> adapter and/or model folder. In: a `RunConfig`. Out: RUN_DIR with checkpoints, config.yaml, run_info.json,
+adapter/ (PEFT) and model/ (full fine-tuning, or `--merge`, in the family's export layout). What differs between
+families (prompts, labels, parts, LoRA targets, QLoRA skips, cost knobs) comes from `productlens.families`.
 
     productlens train --config configs/phi3v-lora.yaml --data data/prepared --out runs/lora
 """
@@ -21,16 +22,15 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from productlens.collate import SeededLengthGroupedSampler, TrainingCollator, example_lengths
+from productlens.collate import SeededLengthGroupedSampler
 from productlens.config import FinetuneConfig, LoraConfig, RunConfig, save_config
+from productlens.families import Family, family_for, get_family
+from productlens.families.collate import FamilyCollator, example_lengths
 from productlens.files import write_atomic
 from productlens.task.metrics import higher_is_better
 from productlens.task.prompts import AnswerTemplate
 from productlens.tracking import GenerationEvalCallback, console
 
-VISION_PREFIX = "vision_embed_tokens.img_processor."  # the CLIP tower
-PROJECTION_PREFIX = "vision_embed_tokens."  # the rest of the image embedding: img_projection, glb_GN, sub_GN
-SEPARATORS = ("vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")  # image separators: parameters
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "productlens")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -52,53 +52,49 @@ class TrainResult:
 # ---- parts of the model -----------------------------------------------------------------------------------
 
 
-def part_of(name: str) -> str:
-    """Parameter name -> 'vision' (CLIP tower), 'projection' (img_projection, separators) or 'language'."""
-    if VISION_PREFIX in name:
-        return "vision"
-    if PROJECTION_PREFIX in name:
-        return "projection"
-    return "language"
+def family_of(config: RunConfig) -> Family:
+    """The base checkpoint's family: `model.family` if set, else its config.json's model_type."""
+    if config.model.family:
+        return get_family(config.model.family)
+    from transformers import PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(config.model.path)
+    return family_for(raw)
 
 
-def _used_vision_layers(model: Any) -> int:
-    """CLIP encoder layers that reach the features (the rest, and post_layernorm, never get a gradient)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.vision_embed_tokens.num_layers
-
-
-def _unused_vision_parameter(name: str, used_layers: int) -> bool:
-    if VISION_PREFIX not in name:
-        return False
-    layer = re.search(r"encoder\.layers\.(\d+)\.", name)
-    return "post_layernorm" in name or (layer is not None and int(layer.group(1)) >= used_layers)
-
-
-def set_trainable(model: torch.nn.Module, finetune: FinetuneConfig) -> None:
-    """Full fine-tuning: train every part not frozen by the config (CLIP layers past the feature layer never)."""
+def set_trainable(model: torch.nn.Module, finetune: FinetuneConfig, family: Family) -> None:
+    """Full fine-tuning: train every part not frozen by the config (never parameters that reach no loss)."""
     frozen = {"vision": finetune.freeze_vision, "projection": finetune.freeze_projection}
     frozen["language"] = finetune.freeze_language
-    used = _used_vision_layers(model)
+    unused = family.unused_parameters(model)
     for name, param in model.named_parameters():
-        param.requires_grad_(not frozen[part_of(name)] and not _unused_vision_parameter(name, used))
+        param.requires_grad_(not frozen[family.part_of(name)] and name not in unused)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("every part is frozen (finetune.freeze_*); unfreeze at least one to train")
 
 
-def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, used_vision_layers: int) -> Any:
+def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, family: Family, model: torch.nn.Module) -> Any:
     """The PEFT LoraConfig: adapters on the unfrozen parts; the projection trained whole unless adapted."""
     from peft import LoraConfig as PeftLoraConfig
 
     patterns = []
     if not finetune.freeze_language:
-        patterns.append(rf"(?!.*vision_embed_tokens)(?:.*\.)?({'|'.join(map(re.escape, lora.targets))})")
+        patterns.append(family.lora_target_modules(lora.targets))
     if not finetune.freeze_vision:
-        layers = "|".join(str(i) for i in range(used_vision_layers))
-        names = "|".join(map(re.escape, lora.vision_targets))
-        patterns.append(rf".*{re.escape(VISION_PREFIX)}.*encoder\.layers\.({layers})\..*\.({names})")
+        patterns.append(family.vision_lora_modules(model, lora.vision_targets))
     train_projection = not finetune.freeze_projection
     if train_projection and lora.projection_targets:
-        patterns.append(r".*vision_embed_tokens\.img_projection\.(0|2)")
+        linears = [
+            re.escape(name)
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and family.part_of(f"{name}.") == "projection"
+        ]
+        if not linears:
+            raise ValueError(
+                f"the {family.name} projector has no linear layers to adapt; set lora.projection_targets=false "
+                "(the projector is then trained whole)"
+            )
+        patterns.append("|".join(linears))
     if not patterns:
         raise ValueError(
             "no LoRA targets: the language model, the vision tower and the projection are all frozen or not "
@@ -109,7 +105,7 @@ def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, used_vision_layers
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules="|".join(f"(?:{p})" for p in patterns),
-        modules_to_save=["img_projection.0", "img_projection.2"]
+        modules_to_save=list(family.projection_modules) or None
         if train_projection and not lora.projection_targets
         else None,
         use_dora=finetune.method == "dora",
@@ -117,7 +113,7 @@ def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, used_vision_layers
     )
 
 
-def quantization_settings(compute_dtype: torch.dtype) -> Any:
+def quantization_settings(compute_dtype: torch.dtype, family: Family) -> Any:
     """QLoRA: `bnb_config`, after checking that bitsandbytes and a CUDA GPU are there."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError("QLoRA needs bitsandbytes: pip install 'productlens[qlora]' (on a CUDA machine)")
@@ -125,14 +121,12 @@ def quantization_settings(compute_dtype: torch.dtype) -> Any:
         raise RuntimeError(
             "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); use finetune.method=lora on this machine"
         )
-    return bnb_config(compute_dtype)
+    return bnb_config(compute_dtype, family)
 
 
-def bnb_config(compute_dtype: torch.dtype) -> Any:
-    """4-bit NF4 for the decoder's Linear layers; the CLIP tower, projection and lm_head are not quantised.
-
-    transformers 5 matches a skip entry from the start of a module name (up to a dot) or as its ending, and
-    every name starts with `model.`: a bare `vision_embed_tokens` would match nothing."""
+def bnb_config(compute_dtype: torch.dtype, family: Family) -> Any:
+    """4-bit NF4 for the decoder's Linear layers; the vision tower, projector and lm_head are not quantised
+    (`family.quantization_skip_modules()`: module names from the model's root, as transformers 5 matches them)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -140,47 +134,45 @@ def bnb_config(compute_dtype: torch.dtype) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["model.vision_embed_tokens", "lm_head"],
+        llm_int8_skip_modules=family.quantization_skip_modules(),
     )
 
 
-def load_model(config: RunConfig, args: TrainingArguments) -> torch.nn.Module:
+def load_model(config: RunConfig, args: TrainingArguments, family: Family | None = None) -> torch.nn.Module:
     """The base checkpoint, wrapped for the configured method (PEFT adapters, or trainable parts for full)."""
-    from transformers import AutoModelForCausalLM
-
-    import productlens.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
-
+    family = family or family_of(config)
     finetune = config.finetune
     kwargs: dict[str, Any] = {"dtype": DTYPES[config.model.dtype]}
     if config.model.attn_implementation:
         kwargs["attn_implementation"] = config.model.attn_implementation
     if finetune.method == "qlora":
         compute = torch.bfloat16 if args.bf16 else torch.float16
-        kwargs["quantization_config"] = quantization_settings(compute)
+        kwargs["quantization_config"] = quantization_settings(compute, family)
         kwargs["device_map"] = {"": args.device}
         kwargs["dtype"] = compute
-    model = AutoModelForCausalLM.from_pretrained(config.model.path, **kwargs)
+    model = family.load_model(config.model.path, **kwargs)
     # transformers 5.24 under DeepSpeed ZeRO-3 keeps every key conversion it tried, not only those it used, so
-    # saving would add CLIPVisionModel's "vision_model." prefix a second time: keep the used ones, as it does
-    # without DeepSpeed
+    # saving would add e.g. CLIPVisionModel's "vision_model." prefix a second time: keep the used ones, as it
+    # does without DeepSpeed
     if getattr(model, "_weight_conversions", None):
         model._weight_conversions = [c for c in model._weight_conversions if c.was_used()]
     if finetune.method == "full":
-        set_trainable(model, finetune)
+        set_trainable(model, finetune, family)
         return keep_master_weights(model, args)
 
     from peft import get_peft_model
 
-    # QLoRA: no `prepare_model_for_kbit_training`, which would upcast every unquantised weight (CLIP tower,
-    # projection, embeddings, norms, lm_head) to float32; frozen weights stay in the load dtype, trainable
+    # QLoRA: no `prepare_model_for_kbit_training`, which would upcast every unquantised weight (vision tower,
+    # projector, embeddings, norms, lm_head) to float32; frozen weights stay in the load dtype, trainable
     # ones get float32 master weights below, as for LoRA, and compute runs under bf16/fp16 autocast.
     for param in model.parameters():
         param.requires_grad_(False)
-    model = get_peft_model(model, lora_settings(config.lora, finetune, _used_vision_layers(model)))
-    if not finetune.freeze_projection:
-        # the separators are no Linear layers, so no adapter: trained whole, saved in the adapter's file
+    model = get_peft_model(model, lora_settings(config.lora, finetune, family, model))
+    if not finetune.freeze_projection and family.projection_parameters:
+        # bare projector parameters (Phi-3-V's image separators) have no module, so no adapter: trained whole,
+        # saved in the adapter's file
         for name, param in model.named_parameters():
-            param.requires_grad_(param.requires_grad or name.endswith(SEPARATORS))
+            param.requires_grad_(param.requires_grad or name.endswith(family.projection_parameters))
     if args.activation_checkpointing or args.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed layers still need a grad path
     return keep_master_weights(model, args)
@@ -204,14 +196,18 @@ def keep_master_weights(model: torch.nn.Module, args: TrainingArguments) -> torc
     return model
 
 
-def save_separators(model: Any, folder: str | os.PathLike, state_dict: dict | None = None) -> None:
-    """PEFT saves adapters and modules_to_save only: add trained image separators (glb_GN, sub_GN) to the
-    folder's adapter_model.safetensors, under their names in the PeftModel, which PEFT loads back as they are
-    (PeftModel.from_pretrained, load_adapter on resume or for the best checkpoint)."""
+def save_projection_parameters(
+    model: Any, family: Family, folder: str | os.PathLike, state_dict: dict | None = None
+) -> None:
+    """PEFT saves adapters and modules_to_save only: add trained bare projector parameters (Phi-3-V's image
+    separators glb_GN, sub_GN) to the folder's adapter_model.safetensors, under their names in the PeftModel,
+    which PEFT loads back as they are (PeftModel.from_pretrained, load_adapter on resume or for the best
+    checkpoint)."""
     from safetensors.torch import load_file, save_file
 
     path = Path(folder) / "adapter_model.safetensors"
-    names = [n for n, p in model.named_parameters() if n.endswith(SEPARATORS) and p.requires_grad]
+    ends = family.projection_parameters
+    names = [n for n, p in model.named_parameters() if ends and n.endswith(ends) and p.requires_grad]
     if not names or not path.is_file() or not hasattr(model, "peft_config"):
         return
     values = state_dict if state_dict is not None else dict(model.named_parameters())
@@ -230,11 +226,13 @@ class ProductTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
+        family: Family | None = None,
         generation_eval: GenerationEvalCallback | None = None,
         finetune: FinetuneConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.family = family or family_for(self.model.config)  # default: the model's own
         self.generation_eval = generation_eval
         self.finetune = finetune or FinetuneConfig()
         if generation_eval is not None:
@@ -252,8 +250,11 @@ class ProductTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            save_separators(
-                self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir, state_dict
+            save_projection_parameters(
+                self.accelerator.unwrap_model(self.model),
+                self.family,
+                output_dir or self.args.output_dir,
+                state_dict,
             )
 
     def evaluation_loop(
@@ -263,7 +264,7 @@ class ProductTrainer(Trainer):
             dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
         )
         if self.generation_eval is not None and description == "Evaluation":
-            scores = self.generation_eval.run(self.model, self.processing_class)
+            scores = self.generation_eval.run(self.model, self.processing_class, self.family)
             output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in scores.items()})
         return output
 
@@ -284,7 +285,7 @@ class ProductTrainer(Trainer):
         groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((part_of(name), name in decay), []).append(param)
+                groups.setdefault((self.family.part_of(name), name in decay), []).append(param)
         param_groups = [
             {"params": params, "lr": rates[part], "weight_decay": self.args.weight_decay if decays else 0.0}
             for (part, decays), params in groups.items()
@@ -396,17 +397,15 @@ def template_of(config: RunConfig) -> AnswerTemplate:
     return AnswerTemplate.from_dict(config.task) if config.task else AnswerTemplate()
 
 
-def load_processor(config: RunConfig) -> Any:
-    """The checkpoint's processor, with num_crops overridden when the config sets it."""
-    from transformers import AutoProcessor
-
-    import productlens.phi3v  # noqa: F401
-
-    kwargs = {"num_crops": config.model.num_crops} if config.model.num_crops else {}
-    return AutoProcessor.from_pretrained(config.model.path, **kwargs)
+def load_processor(config: RunConfig, family: Family | None = None) -> Any:
+    """The checkpoint's processor, with the family's cost knobs overridden as the config sets them."""
+    family = family or family_of(config)
+    return family.load_processor(config.model.path, **config.model.cost_settings())
 
 
-def _datasets(config: RunConfig, processor: Any, template: AnswerTemplate, args: TrainingArguments):
+def _datasets(
+    config: RunConfig, family: Family, processor: Any, template: AnswerTemplate, args: TrainingArguments
+):
     from productlens.catalog.prepare import load_prepared
 
     data = load_prepared(config.data.path)
@@ -420,9 +419,11 @@ def _datasets(config: RunConfig, processor: Any, template: AnswerTemplate, args:
         raise ValueError(f"{config.data.path} has no validation split; set training.eval_strategy=no")
     if args.train_sampling_strategy == "group_by_length":
         column = args.length_column_name
-        train = train.add_column(column, example_lengths(train, processor, template))
+        train = train.add_column(column, example_lengths(family, processor, template, train))
         if evaluation is not None:
-            evaluation = evaluation.add_column(column, example_lengths(evaluation, processor, template))
+            evaluation = evaluation.add_column(
+                column, example_lengths(family, processor, template, evaluation)
+            )
     return data, train, evaluation
 
 
@@ -460,14 +461,16 @@ def train(
         start_wandb(config.wandb, output_dir, config.to_dict())
     try:
         template = template_of(config)
-        processor = load_processor(config)
-        data, train_set, eval_set = _datasets(config, processor, template, args)
+        family = family_of(config)
+        processor = load_processor(config, family)
+        data, train_set, eval_set = _datasets(config, family, processor, template, args)
         trainer = ProductTrainer(
-            model=load_model(config, args),
+            model=load_model(config, args, family),
+            family=family,
             args=args,
             train_dataset=train_set,
             eval_dataset=eval_set,
-            data_collator=TrainingCollator(processor, template, config.data.max_length),
+            data_collator=FamilyCollator(family, processor, template, config.data.max_length),
             processing_class=processor,
             callbacks=[*(callbacks or []), _EpochSeed()],
             generation_eval=_generation_eval(config, data, eval_set, template, args),

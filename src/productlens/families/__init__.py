@@ -61,6 +61,13 @@ class Family:
         "up_proj",
         "down_proj",
     )
+    vision_lora_targets: tuple[str, ...] = ()  # the tower's linear layers, adapted when it is not frozen
+    # projector modules (name endings) trained whole under LoRA when the projection is not frozen; the
+    # projector's bare parameters (no module of their own), trained whole and saved with the adapter
+    projection_modules: tuple[str, ...] = ()
+    projection_parameters: tuple[str, ...] = ()
+    # module names (from the model's root) kept unquantised under QLoRA: vision tower, projector, lm_head
+    quantization_skip: tuple[str, ...] = ()
     cost_knobs: tuple[str, ...] = ()  # processor settings that trade image tokens (memory, speed) for detail
     # memory-sensible knob values for the real checkpoints (for presets)
     recommended_cost: ClassVar[dict[str, Any]] = {}
@@ -170,6 +177,47 @@ class Family:
         """The id the processor repeats once per image-feature token."""
         return int(processor.image_token_id)
 
+    def image_features(self, model: Any, inputs: Any) -> list[Any]:
+        """Encoded one-photo prompts -> one [hidden] tensor per row: the image embeddings the language model
+        sees (its input embeddings at the image-token positions), mean-pooled."""
+        out = model(**inputs, output_hidden_states=True)
+        embedded = out.hidden_states[0]  # [B, L, hidden], image features in place
+        where = inputs["input_ids"] == self.image_token_id_of(model)  # [B, L]
+        return [row[mask].mean(0) for row, mask in zip(embedded, where, strict=True)]
+
+    def image_token_id_of(self, model: Any) -> int:
+        """The image-feature token id a model's config names."""
+        config = model.config
+        return int(getattr(config, "image_token_id", None) or config.image_token_index)
+
+    # ---- chat (the OpenAI-compatible endpoint) --------------------------------------------------------
+
+    def chat_prompt(self, processor: Any, turns: Sequence[tuple[str, list[str], int]]) -> str:
+        """Chat turns (role, texts, number of photos) -> the prompt, through the checkpoint's chat template;
+        ends with the assistant's generation prompt unless the last turn is the assistant's."""
+        messages = [
+            {
+                "role": role,
+                "content": [{"type": "image"}] * photos + [{"type": "text", "text": t} for t in texts],
+            }
+            for role, texts, photos in turns
+        ]
+        return self.render(processor, messages, add_generation_prompt=turns[-1][0] != "assistant")
+
+    def encode_chat(
+        self, processor: Any, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]]
+    ) -> Any:
+        """Chat prompts + their photos (any number each) -> one left-padded BatchFeature."""
+        photos = [[image.convert("RGB") for image in row] for row in images]
+        return processor(
+            text=list(prompts),
+            images=photos if any(photos) else None,
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+
     # ---- parts of the model ----------------------------------------------------------------------------
 
     def part_of(self, name: str) -> str:
@@ -181,9 +229,20 @@ class Family:
         names = "|".join(map(re.escape, targets or self.lora_targets))
         return rf".*{self.language_module}\..*\.({names})"
 
+    def vision_lora_modules(self, model: Any, targets: Iterable[str] | None = None) -> str:
+        """PEFT `target_modules` regex: the named linear layers of the vision tower (not the projector)."""
+        names = "|".join(map(re.escape, targets or self.vision_lora_targets))
+        tower = next(fragment for fragment, part in self.parts if part == "vision")
+        projector = "|".join(re.escape(fragment) for fragment, part in self.parts if part == "projection")
+        return rf"(?!.*(?:{projector})).*{re.escape(tower)}.*\.({names})"
+
+    def unused_parameters(self, model: Any) -> set[str]:
+        """Parameters that never reach the loss (e.g. vision layers past the feature layer): never trained."""
+        return set()
+
     def quantization_skip_modules(self) -> list[str]:
         """Modules kept unquantised under QLoRA: the vision tower, the projector and the output layer."""
-        return [fragment.rstrip(".") for fragment, _ in self.parts] + ["lm_head"]
+        return list(self.quantization_skip)
 
     # ---- loading and tiny models -----------------------------------------------------------------------
 

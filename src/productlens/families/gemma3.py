@@ -45,6 +45,9 @@ class Gemma3(Family):
     end_of_turn = "<end_of_turn>"
     parts = (("multi_modal_projector.", "projection"), ("vision_tower.", "vision"))
     language_module = "language_model"
+    vision_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    projection_modules = ("multi_modal_projector",)
+    quantization_skip = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     cost_knobs = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size")
     # one 896-px view = 256 image tokens per photo; pan-and-scan would add up to 4 crops of 256 each
     recommended_cost: ClassVar[dict[str, Any]] = {"do_pan_and_scan": False}

@@ -17,6 +17,14 @@ from PIL import Image
 
 from productlens.families import Family
 
+VISION = "vision_embed_tokens.img_processor."  # the CLIP tower
+
+
+def _used_vision_layers(model: Any) -> int:
+    """CLIP encoder layers that reach the features."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.vision_embed_tokens.num_layers
+
 
 class Phi3V(Family):
     name = "phi3v"
@@ -24,6 +32,12 @@ class Phi3V(Family):
     end_of_turn = "<|end|>"
     parts = (("vision_embed_tokens.img_processor.", "vision"), ("vision_embed_tokens.", "projection"))
     lora_targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    vision_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    projection_modules = ("img_projection.0", "img_projection.2")
+    projection_parameters = ("vision_embed_tokens.glb_GN", "vision_embed_tokens.sub_GN")  # image separators
+    # transformers 5 matches a skip entry from the start of a module name (up to a dot) or as its ending, and
+    # every name starts with `model.`: a bare `vision_embed_tokens` would match nothing
+    quantization_skip = ("model.vision_embed_tokens", "lm_head")
     cost_knobs = ("num_crops",)
     recommended_cost: ClassVar[dict[str, Any]] = {
         "num_crops": 4
@@ -75,12 +89,53 @@ class Phi3V(Family):
     def image_token_id(self, processor: Any) -> int:
         return -1  # the slots of a prompt's first (here: only) image
 
+    def image_features(self, model: Any, inputs: Any) -> list[Any]:
+        """The projected image features straight from the image embedding (no decoder pass), mean-pooled."""
+        from productlens.phi3v.modeling import Phi3VImageEmbedding
+
+        embed = next(m for m in model.modules() if isinstance(m, Phi3VImageEmbedding))
+        # [T, hidden]: every image's features in turn, as many as its prompt has image slots
+        features = embed(inputs["pixel_values"], inputs["image_sizes"])
+        counts = (inputs["input_ids"] < 0).sum(dim=1).tolist()  # [B]
+        return [part.mean(0) for part in features.split(counts)]
+
+    def chat_prompt(self, processor: Any, turns: Sequence[tuple[str, list[str], int]]) -> str:
+        """Phi-3 turns with numbered image tags first in each message, as vLLM writes them."""
+        prompt, seen = "", 0
+        for role, texts, photos in turns:
+            tags = "".join(f"<|image_{seen + k + 1}|>\n" for k in range(photos))
+            seen += photos
+            prompt += f"<|{role}|>\n{tags}{chr(10).join(texts)}<|end|>\n"
+        return prompt if turns[-1][0] == "assistant" else prompt + "<|assistant|>\n"
+
+    def encode_chat(
+        self, processor: Any, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]]
+    ) -> Any:
+        return processor(
+            text=list(prompts),
+            images=[[im.convert("RGB") for im in row] or None for row in images],
+            padding_side="left",
+        )
+
     def lora_target_modules(self, targets: Iterable[str] | None = None) -> str:
         names = "|".join(map(re.escape, targets or self.lora_targets))
         return rf"(?!.*vision_embed_tokens)(?:.*\.)?({names})"
 
-    def quantization_skip_modules(self) -> list[str]:
-        return ["vision_embed_tokens", "lm_head"]
+    def vision_lora_modules(self, model: Any, targets: Iterable[str] | None = None) -> str:
+        """CLIP's linear layers in the encoder layers that reach the features."""
+        names = "|".join(map(re.escape, targets or self.vision_lora_targets))
+        layers = "|".join(str(i) for i in range(_used_vision_layers(model)))
+        return rf".*{re.escape(VISION)}.*encoder\.layers\.({layers})\..*\.({names})"
+
+    def unused_parameters(self, model: Any) -> set[str]:
+        """CLIP layers past the feature layer, and post_layernorm: they never get a gradient."""
+        used = _used_vision_layers(model)
+        out = set()
+        for name, _ in model.named_parameters():
+            layer = re.search(r"encoder\.layers\.(\d+)\.", name)
+            if VISION in name and ("post_layernorm" in name or (layer and int(layer.group(1)) >= used)):
+                out.add(name)
+        return out
 
     def load_processor(self, path: str | os.PathLike, **cost: Any) -> Any:
         import productlens.phi3v  # noqa: F401  (registers phi3_v with the Auto classes)

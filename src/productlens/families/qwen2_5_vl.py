@@ -68,6 +68,9 @@ class Qwen25VL(Family):
     end_of_turn = "<|im_end|>"
     parts = (("visual.merger.", "projection"), ("visual.", "vision"))
     language_module = "language_model"
+    vision_lora_targets = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
+    projection_modules = ("visual.merger",)
+    quantization_skip = ("model.visual", "lm_head")
     cost_knobs = ("min_pixels", "max_pixels", "size")
     # at most 512 image tokens per photo (the checkpoint allows 16384): product photos need no more
     recommended_cost: ClassVar[dict[str, Any]] = {
@@ -184,6 +187,8 @@ class Qwen3VL(Qwen25VL):
         ("visual.deepstack_merger_list.", "projection"),
         ("visual.", "vision"),
     )
+    vision_lora_targets = ("qkv", "proj", "linear_fc1", "linear_fc2")
+    projection_modules = ("visual.merger", "visual.deepstack_merger_list")
     recommended_cost: ClassVar[dict[str, Any]] = {"min_pixels": 64 * 32 * 32, "max_pixels": 512 * 32 * 32}
     hub_ids = ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3-VL-8B-Instruct")
     image_only_processor = Qwen3VLProcessor

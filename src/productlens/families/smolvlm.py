@@ -57,6 +57,9 @@ class SmolVLM(Family):
     end_of_turn = "<end_of_utterance>"
     parts = (("connector.", "projection"), ("vision_model.", "vision"))
     language_module = "text_model"
+    vision_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    projection_modules = ("connector",)
+    quantization_skip = ("model.vision_model", "model.connector", "lm_head")
     cost_knobs = ("do_image_splitting", "size", "max_image_size")
     # photo resized to at most 768 px: a 2x2 grid of 384-px crops + the global view (the checkpoint: up to 4x4)
     recommended_cost: ClassVar[dict[str, Any]] = {"size": {"longest_edge": 768}}

@@ -219,14 +219,14 @@ def _parse(body: bytes) -> ChatRequest:
 
 
 async def _job(chat: ChatRequest, predictor: Any, settings: core.ServeSettings) -> ChatJob:
-    """The request -> a ChatJob: the Phi-3 chat prompt (image tags first in each message, as vLLM writes them),
-    the decoded photos and the generation settings."""
-    prompt, images = "", []
+    """The request -> a ChatJob: the prompt from the model family's chat template (photos first in each message,
+    as vLLM orders them), the decoded photos and the generation settings."""
+    turns, images = [], []
     for i, message in enumerate(chat.messages):
         parts = (
             [Part(type="text", text=message.content)] if isinstance(message.content, str) else message.content
         )
-        texts, tags = [], ""
+        texts, photos = [], 0
         for j, part in enumerate(parts or []):
             where = f"messages.{i}.content.{j}"
             if part.type == "text":
@@ -241,10 +241,9 @@ async def _job(chat: ChatRequest, predictor: Any, settings: core.ServeSettings) 
             if len(images) == settings.max_images:
                 raise OpenAIError(400, core._too_many(settings), where, "request_too_large")
             images.append(await _image(part.image_url.url, settings, where))
-            tags += f"<|image_{len(images)}|>\n"
-        prompt += f"<|{message.role}|>\n{tags}{chr(10).join(texts)}<|end|>\n"
-    if chat.messages[-1].role != "assistant":
-        prompt += "<|assistant|>\n"
+            photos += 1
+        turns.append((message.role, texts, photos))
+    prompt = predictor.family.chat_prompt(predictor.processor, turns)
     stop = (chat.stop,) if isinstance(chat.stop, str) else tuple(chat.stop or ())
     if len(stop) > 4 or not all(stop):
         raise OpenAIError(400, "give up to 4 non-empty stop strings", "stop")
