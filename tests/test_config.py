@@ -22,7 +22,9 @@ def test_defaults_hold_the_project_training_settings():
     assert config.training == DEFAULT_TRAINING
     assert config.training["remove_unused_columns"] is False  # the collator needs the raw columns
     assert config.finetune.method == "lora"
-    assert config.lora.targets is None  # the family's own (Phi-3-V: qkv_proj, o_proj, gate_up_proj, down_proj)
+    assert (
+        config.lora.targets is None
+    )  # the family's own (Phi-3-V: qkv_proj, o_proj, gate_up_proj, down_proj)
     assert config.model.family is None and config.model.cost == {}
 
 

@@ -467,13 +467,20 @@ def quickstart(
         Path, typer.Option(help="Output folder (a previous quickstart there is replaced).")
     ] = Path("runs/quickstart"),
     config: Annotated[str, typer.Option("--config", "-c", help="Quickstart preset.")] = "quickstart",
+    family: Annotated[
+        str | None,
+        typer.Option(
+            help="Model family of the tiny model: phi3v (default), qwen2_5_vl, qwen3_vl, smolvlm, gemma3."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a setting: quickstart.rows=3040, training.max_steps=2000, ..."),
     ] = None,
 ) -> None:
-    """The whole pipeline on the CPU in minutes: synthetic catalog -> prepare -> tiny Phi-3-Vision trained from
-    scratch -> test-split evaluation, with the targets it must reach printed beside their baselines (PASS/FAIL).
+    """The whole pipeline on the CPU in minutes: synthetic catalog -> prepare -> a tiny model (Phi-3-Vision, or
+    --family) trained from scratch -> test-split evaluation, with the targets it must reach printed beside their
+    baselines (PASS/FAIL).
 
     Leaves a run folder: model/ (usable with evaluate, predict and serve), metrics.json and report.html.
 
@@ -482,7 +489,7 @@ def quickstart(
     from productlens.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, config, set_ or [])
+        run_quickstart(out, config, set_ or [], family=family)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

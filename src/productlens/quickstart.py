@@ -1,9 +1,11 @@
-"""The whole pipeline on a laptop CPU: a synthetic catalog served on loopback, prepared, a tiny Phi-3-Vision
-trained from scratch, evaluated on the held-out test split. In: a preset (configs/quickstart.yaml) and an output
-folder. Out: that folder as a run folder (model/, metrics.json, report.html, predictions.jsonl, wandb/: an
+"""The whole pipeline on a laptop CPU: a synthetic catalog served on loopback, prepared, a tiny model of one family
+(Phi-3-Vision by default) trained from scratch, evaluated on the held-out test split. In: a preset
+(configs/quickstart.yaml), optionally a family (its `quickstart.families` entry is merged over the preset) and an
+output folder. Out: that folder as a run folder (model/, metrics.json, report.html, predictions.jsonl, wandb/: an
 offline W&B run unless WANDB_MODE says otherwise) plus the targets it must reach, printed beside their baselines.
 
     productlens quickstart --out runs/quickstart
+    productlens quickstart --family qwen2_5_vl --out runs/quickstart-qwen
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ console = Console()
 class QuickstartSettings:
     """The `quickstart:` section of the preset: catalog, tokenizer and tiny-model sizes."""
 
+    family: str = "phi3v"
     rows: int = 12000
     seed: int = 0
     photo_size: int = 128
     vocab_size: int = 1000
-    image_size: int = 56
-    num_crops: int = 1
-    model: dict[str, Any] = field(default_factory=dict)  # tiny_config overrides
+    model: dict[str, Any] = field(
+        default_factory=dict
+    )  # the family's save_tiny options (text:, vision:, ...)
+    families: dict[str, Any] = field(default_factory=dict)  # family -> preset overrides for `--family`
     test_batch_size: int = 64
     max_new_tokens: int = 40
 
@@ -97,6 +101,25 @@ def check_targets(metrics: dict[str, Any]) -> tuple[Target, ...]:
     )
 
 
+def with_family(raw: dict[str, Any], family: str | None) -> dict[str, Any]:
+    """A quickstart preset mapping -> the same for `family`: its `quickstart.families` entry (a preset of its own:
+    quickstart sizes, training settings) merged over the preset. No family: the preset as it is."""
+    if not family:
+        return raw
+    from productlens.families import get_family
+
+    name = get_family(family).name
+    entries = (raw.get("quickstart") or {}).get("families") or {}
+    if name not in entries and name != (raw.get("quickstart") or {}).get("family", "phi3v"):
+        known = ", ".join(sorted({(raw.get("quickstart") or {}).get("family", "phi3v"), *entries}))
+        raise ValueError(f"the quickstart preset has no settings for family {name}; it has: {known}")
+    entry = entries.get(name, {})
+    out = merge(merge(raw, entry), {"quickstart": {"family": name}})
+    if "model" in (entry.get("quickstart") or {}):  # another architecture: its own tiny-model options only
+        out["quickstart"]["model"] = entry["quickstart"]["model"]
+    return out
+
+
 def split_preset(raw: dict[str, Any]) -> tuple[QuickstartSettings, dict[str, Any]]:
     """A quickstart preset mapping -> (its quickstart: section, the training preset without it)."""
     raw = dict(raw)
@@ -114,10 +137,12 @@ def run_quickstart(
     out: str | os.PathLike = "runs/quickstart",
     preset: str | os.PathLike = "quickstart",
     overrides: Sequence[str] = (),
+    family: str | None = None,
 ) -> QuickstartResult:
-    """Synthesise, serve, prepare, train from scratch, evaluate on the test split; -> QuickstartResult."""
-    raw = merge(load_yaml(preset), parse_overrides(overrides))
-    settings, training_preset = split_preset(raw)
+    """Synthesise, serve, prepare, train from scratch, evaluate on the test split; -> QuickstartResult.
+    `family`: a tiny model of that family (default: the preset's, Phi-3-V)."""
+    raw = with_family(load_yaml(preset), family)  # the family's settings first: --set overrides win
+    settings, training_preset = split_preset(merge(raw, parse_overrides(overrides)))
     out = Path(out).resolve()
     _fresh_folder(out)
     seconds: dict[str, float] = {}
@@ -127,7 +152,7 @@ def run_quickstart(
     data_dir = _catalog(out, settings)
     seconds["catalog"] = time.monotonic() - started
 
-    console.rule("2/4 a tiny Phi-3-Vision, random weights, tokenizer from the training texts")
+    console.rule(f"2/4 a tiny {settings.family} model, random weights, tokenizer from the training texts")
     mark = time.monotonic()
     base_dir = _tiny_model(out, data_dir, settings, training_preset)
     seconds["model"] = time.monotonic() - mark
@@ -266,7 +291,7 @@ def _catalog(out: Path, settings: QuickstartSettings) -> Path:
 def _tiny_model(out: Path, data_dir: Path, settings: QuickstartSettings, preset: dict[str, Any]) -> Path:
     from productlens.catalog.prepare import load_prepared
     from productlens.collate import product_of
-    from productlens.phi3v.tiny import save_tiny_model
+    from productlens.families import get_family
     from productlens.task.prompts import AnswerTemplate
 
     template = AnswerTemplate.from_dict(preset["task"]) if preset.get("task") else AnswerTemplate()
@@ -280,14 +305,9 @@ def _tiny_model(out: Path, data_dir: Path, settings: QuickstartSettings, preset:
         f"{template.question} {template.render_answer(product_of(row)).replace(repr(float(row['price'])), '')}"
         for row in train_rows
     ]
-    base_dir = save_tiny_model(
-        out / "base",
-        texts,
-        vocab_size=settings.vocab_size,
-        image_size=settings.image_size,
-        num_crops=settings.num_crops,
-        seed=settings.seed,
-        **settings.model,
+    family = get_family(settings.family)
+    base_dir = family.save_tiny(
+        out / "base", texts, seed=settings.seed, vocab_size=settings.vocab_size, **settings.model
     )
     console.print(f"tiny model (untrained) in {base_dir}")
     return base_dir

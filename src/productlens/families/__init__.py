@@ -263,9 +263,19 @@ class Family:
         return AutoModelForImageTextToText.from_pretrained(str(path), use_safetensors=True, **kwargs)
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 600,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> Path:
-        """A random tiny model of this architecture + a locally built tokenizer and processor -> `folder`."""
+        """A random tiny model of this architecture + a locally built tokenizer (`vocab_size` tokens, learned on
+        `texts`) and processor -> `folder`. `text` / `vision`: overrides of the decoder's and the vision tower's
+        config (sizes), e.g. the quickstart's."""
         raise NotImplementedError
 
     def _check_cost(self, cost: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
 
 SPECIAL_TOKENS = [
     "<pad>",
@@ -58,7 +58,15 @@ class Gemma3(Family):
         return int(processor.tokenizer.image_token_id)
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 600,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> Path:
         """Tiny Gemma 3: 2 decoder layers (hidden 32, sliding + global attention), a 2-layer SigLIP tower on
         32-px photos (8-px patches), the real average-pool projector: 4 image tokens per photo."""
@@ -68,6 +76,7 @@ class Gemma3(Family):
         tokenizer = byte_level_tokenizer(
             texts,
             SPECIAL_TOKENS,
+            vocab_size=vocab_size,
             bos_token="<bos>",
             eos_token="<eos>",
             pad_token="<pad>",
@@ -78,27 +87,8 @@ class Gemma3(Family):
                 "image_token": "<image_soft_token>",
             },
         )
-        image_processor = Gemma3ImageProcessorPil(size={"height": SIDE, "width": SIDE}, do_pan_and_scan=False)
-        processor = Gemma3Processor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            chat_template=CHAT_TEMPLATE,
-            image_seq_length=TOKENS,
-        )
-        ids = tokenizer.convert_tokens_to_ids
-        config = Gemma3Config(
-            text_config={
-                "vocab_size": len(tokenizer),
-                **TINY_TEXT,
-                "head_dim": 8,
-                "query_pre_attn_scalar": 8,
-                "sliding_window": 16,
-                "layer_types": ["sliding_attention", "full_attention"],
-                "bos_token_id": ids("<bos>"),
-                "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
-                "pad_token_id": ids("<pad>"),
-            },
-            vision_config={
+        vision = sized(
+            {
                 "hidden_size": 16,
                 "intermediate_size": 24,
                 "num_hidden_layers": 2,
@@ -107,7 +97,34 @@ class Gemma3(Family):
                 "patch_size": PATCH,
                 "vision_use_head": False,
             },
-            mm_tokens_per_image=TOKENS,
+            vision,
+        )
+        side = vision["image_size"]
+        tokens = (side // vision["patch_size"] // 2) ** 2  # patches pooled 2x2
+        text = sized(TINY_TEXT, text)
+        head = text["hidden_size"] // text["num_attention_heads"]
+        image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side}, do_pan_and_scan=False)
+        processor = Gemma3Processor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=CHAT_TEMPLATE,
+            image_seq_length=tokens,
+        )
+        ids = tokenizer.convert_tokens_to_ids
+        config = Gemma3Config(
+            text_config={
+                "vocab_size": len(tokenizer),
+                **text,
+                "head_dim": head,
+                "query_pre_attn_scalar": head,
+                "sliding_window": 16,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "bos_token_id": ids("<bos>"),
+                "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
+                "pad_token_id": ids("<pad>"),
+            },
+            vision_config=vision,
+            mm_tokens_per_image=tokens,
             boi_token_index=ids("<start_of_image>"),
             eoi_token_index=ids("<end_of_image>"),
             image_token_index=ids("<image_soft_token>"),

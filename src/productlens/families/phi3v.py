@@ -148,13 +148,32 @@ class Phi3V(Family):
         return super().load_model(path, **kwargs)
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 400,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
+        image_size: int = 56,
+        num_crops: int = 1,
     ) -> Path:
-        """productlens.phi3v.tiny's model at CPU-test size: 56-px crops (4 tokens each), 1 crop + global view."""
+        """productlens.phi3v.tiny's model (test size by default): `image_size`-px crops (56: 4 tokens each),
+        `num_crops` crops + the global view; `text` overrides the decoder's config, `vision` CLIP's."""
         from productlens.phi3v.tiny import save_tiny_model
 
         return save_tiny_model(
-            folder, texts, vocab_size=400, image_size=56, num_crops=1, seed=seed, overwrite=overwrite
+            folder,
+            texts,
+            vocab_size=vocab_size,
+            image_size=image_size,
+            num_crops=num_crops,
+            seed=seed,
+            overwrite=overwrite,
+            **(text or {}),
+            **({"vision_config": vision} if vision else {}),
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import transformers
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -45,6 +45,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 PIXELS_PER_TOKEN = 28 * 28  # one merged 2x2 group of 14-pixel patches (Qwen3-VL: 16-pixel patches)
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Rotary pairs per (time, height, width) for a head size, in the real checkpoints' 1 : 1.5 : 1.5 split."""
+    pairs = head_dim // 2
+    time = max(1, head_dim // 8)
+    height = (pairs - time) // 2
+    return [time, height, pairs - time - height]
 
 
 class Qwen2_5_VLProcessor(transformers.Qwen2_5_VLProcessor):
@@ -109,13 +117,18 @@ class Qwen25VL(Family):
         """Image tokens from the size alone (the processor's own arithmetic; no pixels processed)."""
         return int(processor._get_num_multimodal_tokens(image_sizes=[(height, width)])["num_image_tokens"][0])
 
-    def tiny_processor(self, texts: Iterable[str]) -> Any:
+    def tiny_processor(self, texts: Iterable[str], vocab_size: int = 600) -> Any:
         """A locally built tokenizer (ChatML special tokens) + the PIL image processor: 4 to 16 image tokens."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         template = CHAT_TEMPLATE.replace("SYSTEM_TURN", SYSTEM_TURN if self.system_turn else "")
         tokenizer = byte_level_tokenizer(
-            texts, SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=template
+            texts,
+            SPECIAL_TOKENS,
+            vocab_size=vocab_size,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            chat_template=template,
         )
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=self.patch_size,
@@ -125,11 +138,11 @@ class Qwen25VL(Family):
             image_processor=image_processor, tokenizer=tokenizer, chat_template=template
         )
 
-    def tiny_text_config(self, tokenizer: Any) -> dict[str, Any]:
+    def tiny_text_config(self, tokenizer: Any, text: dict[str, Any] | None) -> dict[str, Any]:
         ids = tokenizer.convert_tokens_to_ids
         return {
             "vocab_size": len(tokenizer),
-            **TINY_TEXT,
+            **sized(TINY_TEXT, text),
             "tie_word_embeddings": False,
             "bos_token_id": None,
             "eos_token_id": ids("<|im_end|>"),
@@ -146,30 +159,45 @@ class Qwen25VL(Family):
         }
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 600,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> Path:
         """Tiny Qwen2.5-VL: 2 decoder layers (hidden 32, GQA 4/2, mrope), a 2-block windowed vision tower, the
         real 14-pixel patches and 2x2 merge, 4 to 16 image tokens per photo."""
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-        processor = self.tiny_processor(texts)
-        text = self.tiny_text_config(processor.tokenizer)
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+        processor = self.tiny_processor(texts, vocab_size)
+        text = self.tiny_text_config(processor.tokenizer, text)
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": mrope_section(text["hidden_size"] // text["num_attention_heads"]),
+        }
         config = Qwen2_5_VLConfig(
             text_config=text,
-            vision_config={
-                "depth": 2,
-                "hidden_size": 16,
-                "intermediate_size": 24,
-                "num_heads": 2,
-                "out_hidden_size": 32,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "window_size": 56,
-                "fullatt_block_indexes": [1],
-                "initializer_range": 0.15,
-            },
+            vision_config=sized(
+                {
+                    "depth": 2,
+                    "hidden_size": 16,
+                    "intermediate_size": 24,
+                    "num_heads": 2,
+                    "out_hidden_size": text["hidden_size"],
+                    "patch_size": 14,
+                    "spatial_merge_size": 2,
+                    "temporal_patch_size": 2,
+                    "window_size": 56,
+                    "fullatt_block_indexes": [1],
+                    "initializer_range": 0.15,
+                },
+                vision,
+            ),
             **self.tiny_token_ids(processor.tokenizer),
             eos_token_id=text["eos_token_id"],
             pad_token_id=text["pad_token_id"],
@@ -196,36 +224,47 @@ class Qwen3VL(Qwen25VL):
     system_turn = False
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 600,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> Path:
         """Tiny Qwen3-VL: 2 decoder layers (interleaved mrope), a 2-block tower with one deepstack merger, the
         real 16-pixel patches and 2x2 merge, 4 to 16 image tokens per photo."""
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-        processor = self.tiny_processor(texts)
-        text = self.tiny_text_config(processor.tokenizer)
-        text["head_dim"] = 8
+        processor = self.tiny_processor(texts, vocab_size)
+        text = self.tiny_text_config(processor.tokenizer, text)
+        text["head_dim"] = text["hidden_size"] // text["num_attention_heads"]
         text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": [1, 1, 2],
+            "mrope_section": mrope_section(text["head_dim"]),
             "mrope_interleaved": True,
         }
         config = Qwen3VLConfig(
             text_config=text,
-            vision_config={
-                "depth": 2,
-                "hidden_size": 16,
-                "intermediate_size": 24,
-                "num_heads": 2,
-                "out_hidden_size": 32,
-                "patch_size": 16,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "num_position_embeddings": 64,
-                "deepstack_visual_indexes": [0],
-                "initializer_range": 0.15,
-            },
+            vision_config=sized(
+                {
+                    "depth": 2,
+                    "hidden_size": 16,
+                    "intermediate_size": 24,
+                    "num_heads": 2,
+                    "out_hidden_size": text["hidden_size"],
+                    "patch_size": 16,
+                    "spatial_merge_size": 2,
+                    "temporal_patch_size": 2,
+                    "num_position_embeddings": 64,
+                    "deepstack_visual_indexes": [0],
+                    "initializer_range": 0.15,
+                },
+                vision,
+            ),
             **self.tiny_token_ids(processor.tokenizer),
             tie_word_embeddings=False,
         )

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import transformers
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
 
 GRID = 4  # row/column marker tokens <row_r_col_c> for r, c in 1..GRID
 SPECIAL_TOKENS = [
@@ -67,7 +67,15 @@ class SmolVLM(Family):
     image_only_processor = SmolVLMProcessor
 
     def save_tiny(
-        self, folder: str | os.PathLike, texts: Iterable[str], *, seed: int = 0, overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        texts: Iterable[str],
+        *,
+        seed: int = 0,
+        overwrite: bool = False,
+        vocab_size: int = 600,
+        text: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> Path:
         """Tiny SmolVLM: 2 Llama layers (hidden 32), a 2-layer SigLIP tower on 32-px crops (8-px patches), the
         real pixel-shuffle connector; a photo of up to 64 px is split into at most 2x2 crops + the global view."""
@@ -77,6 +85,7 @@ class SmolVLM(Family):
         tokenizer = byte_level_tokenizer(
             texts,
             SPECIAL_TOKENS,
+            vocab_size=vocab_size,
             eos_token="<end_of_utterance>",
             pad_token="<|endoftext|>",
             chat_template=CHAT_TEMPLATE,
@@ -93,19 +102,22 @@ class SmolVLM(Family):
         )
         ids = tokenizer.convert_tokens_to_ids
         config = SmolVLMConfig(
-            vision_config={
-                "hidden_size": 16,
-                "intermediate_size": 24,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "image_size": CROP,
-                "patch_size": PATCH,
-                "initializer_range": 0.15,
-            },
+            vision_config=sized(
+                {
+                    "hidden_size": 16,
+                    "intermediate_size": 24,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "image_size": CROP,
+                    "patch_size": PATCH,
+                    "initializer_range": 0.15,
+                },
+                vision,
+            ),
             text_config={
                 "model_type": "llama",
                 "vocab_size": len(tokenizer),
-                **TINY_TEXT,
+                **sized(TINY_TEXT, text),
                 "tie_word_embeddings": False,
                 "bos_token_id": None,
                 "eos_token_id": ids("<end_of_utterance>"),

@@ -71,10 +71,15 @@ TINY_TEXT = {
 }
 
 
+def sized(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A tiny config section with the caller's overrides (e.g. the quickstart's wider decoder) on top."""
+    return {**defaults, **(overrides or {})}
+
+
 def write_folder(folder: str | os.PathLike, model: Any, processor: Any, overwrite: bool = False) -> Path:
     """model.save_pretrained + processor.save_pretrained into `folder`, crash-safe (files.save_pretrained_atomic).
     Refuses a non-empty folder unless `overwrite`."""
     return save_pretrained_atomic(folder, model, processor, overwrite=overwrite)
 
 
-__all__ = ["TINY_TEXT", "byte_level_tokenizer", "seeded", "write_folder"]
+__all__ = ["TINY_TEXT", "byte_level_tokenizer", "seeded", "sized", "write_folder"]
