@@ -234,3 +234,60 @@ def check_merged_export(family, processor, model, folder: Path) -> None:
     merged = peft_model.merge_and_unload()
     torch.testing.assert_close(logits(family, processor, merged), adapted, rtol=1e-4, atol=1e-4)
     check_reload(family, processor, merged, folder)
+
+
+# ---- predict and serve ------------------------------------------------------------------------------------
+
+
+def test_predict_and_serve_answer_photos(tiny, tmp_path):
+    check_predict_and_serve(tiny[0], tiny[3], tmp_path)
+
+
+def check_predict_and_serve(family, folder: Path, tmp: Path) -> None:
+    """`productlens predict` (batched) gives each photo the answer the Predictor gives it alone; a real server
+    answers the same on /v1/predict and, through the `openai` client, on /v1/chat/completions."""
+    import base64
+
+    import httpx
+    from openai import OpenAI
+    from typer.testing import CliRunner
+
+    from productlens.cli import app as cli
+    from productlens.predict import Predictor
+    from productlens.serve.app import create_app, serve_in_thread
+
+    images = [row["image"] for row in rows()]
+    paths = []
+    for k, image in enumerate(images):
+        paths.append(tmp / f"photo{k}.png")
+        image.save(paths[-1])
+    predictor = Predictor.load(folder, max_new_tokens=12)
+    assert predictor.family is family
+    alone = [predictor.predict([image])[0].raw_text for image in images]
+    assert all(alone)
+
+    out = tmp / "preds.jsonl"
+    command = ["predict", *map(str, paths), "--model", str(folder), "--out", str(out), "--batch-size", "3"]
+    result = CliRunner().invoke(cli, [*command, "--max-new-tokens", "12"])
+    assert result.exit_code == 0, result.output
+    written = {Path(r["input"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert [written[p.name]["raw_text"] for p in paths] == alone
+
+    with serve_in_thread(create_app(predictor, model_name="tiny")) as url:
+        png = paths[0].read_bytes()
+        files = {"files": [("file", ("photo.png", png, "image/png"))]}
+        response = httpx.post(f"{url}/v1/predict", timeout=60, **files)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["raw_text"] == alone[0]
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        photo = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+        question = [
+            {"type": "image_url", "image_url": {"url": photo}},
+            {"type": "text", "text": TEMPLATE.question},
+        ]
+        answer = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": question}], max_tokens=12, temperature=0
+        )
+    assert answer.choices[0].message.content == alone[0]  # the chat prompt is the family's own prompt
+    image_tokens = family.image_tokens(predictor.processor, *images[0].size)
+    assert answer.usage.prompt_tokens > image_tokens > 0

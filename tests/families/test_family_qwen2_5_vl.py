@@ -7,6 +7,7 @@ from family_checks import (  # noqa: F401  (pytest runs the imported tests on th
     test_full_step_through_the_trainer,
     test_label_mask_on_real_token_ids,
     test_lora_step_through_the_trainer,
+    test_predict_and_serve_answer_photos,
     test_save_reload_and_merged_export_give_identical_logits,
 )
 
