@@ -1,5 +1,5 @@
 """Every preset in configs/ loads, holds only what differs from the defaults, says how to run it, resolves into
-TrainingArguments on this CPU machine, and its LoRA/freeze settings find their modules in a Phi-3-V model.
+TrainingArguments on this CPU machine, and its cost knob, LoRA and freeze settings fit a tiny model of its family.
 The GPU presets are validated, not run; the accelerate launch files are checked for shape."""
 
 import dataclasses
@@ -10,8 +10,16 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from productlens.config import CONFIGS_DIR, DEFAULT_TRAINING, SECTIONS, from_dict, load_yaml, merge
-from productlens.families import get_family
+from productlens.config import (
+    CONFIGS_DIR,
+    DEFAULT_TRAINING,
+    SECTIONS,
+    from_dict,
+    load_config,
+    load_yaml,
+    merge,
+)
+from productlens.families import Family, get_family, names
 from productlens.phi3v.tiny import save_tiny_model
 from productlens.quickstart import split_preset
 from productlens.train import load_model, quantization_settings, training_arguments
@@ -25,6 +33,7 @@ HF_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingArguments) 
 def test_the_presets_the_project_promises_exist():
     names = {p.stem for p in PRESETS}
     assert {"quickstart", "phi3v-lora", "phi3v-qlora", "phi3v-full", "phi35v-lora"} <= names
+    assert {"qwen2_5-vl-3b-lora", "smolvlm2-2b-lora", "gemma3-4b-lora"} <= names
     assert CONFIGS_DIR == ROOT / "configs"
     assert {p.stem for p in LAUNCHERS} >= {"ddp", "deepspeed-zero2", "deepspeed-zero3", "fsdp"}
 
@@ -34,6 +43,15 @@ def _resolve(path: Path, tmp_path: Path):
     if path.stem == "quickstart":
         _, raw = split_preset(raw)
     return from_dict(merge(raw, {"training": {"output_dir": str(tmp_path / "out")}})), raw
+
+
+def _family(config) -> Family:
+    """A GPU preset's family without the hub: `model.family`, else the family that lists its checkpoint."""
+    if config.model.family:
+        return get_family(config.model.family)
+    found = [get_family(n) for n in names() if config.model.path in get_family(n).hub_ids]
+    assert len(found) == 1, f"{config.model.path} is not one family's known checkpoint; set model.family"
+    return found[0]
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -73,20 +91,48 @@ def test_preset_resolves_into_training_arguments_on_this_machine(path, tmp_path)
     if args.load_best_model_at_end:
         assert args.metric_for_best_model.startswith("eval_") and args.save_steps % args.eval_steps == 0
     if path.stem != "quickstart":
-        assert config.model.path.startswith("microsoft/Phi-3")
+        family = _family(config)  # a real checkpoint of a known family, with that family's cost knobs
+        family._check_cost(config.model.cost_settings())
         assert args.bf16 and args.activation_checkpointing
 
 
+def test_the_native_presets_use_their_cost_knob():
+    """Each non-Phi preset names its checkpoint, and its model.cost is the family's recommended setting."""
+    for stem, family in (
+        ("qwen2_5-vl-3b-lora", "qwen2_5_vl"),
+        ("smolvlm2-2b-lora", "smolvlm"),
+        ("gemma3-4b-lora", "gemma3"),
+    ):
+        config = load_config(stem)
+        assert _family(config) is get_family(family) and config.model.path == get_family(family).hub_ids[0]
+        assert config.model.cost == get_family(family).recommended_cost
+        assert config.model.dtype == "bfloat16" and config.finetune.method == "lora"
+
+
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return save_tiny_model(
-        tmp_path_factory.mktemp("p") / "tiny", ["Product: Bag, Category: BAGS"] * 8, vocab_size=350
-    )
+def tiny_models(tmp_path_factory):
+    """family name -> a tiny model folder of that family, saved on first use."""
+    folders = {}
+
+    def get(family: Family) -> Path:
+        if family.name not in folders:
+            folder = tmp_path_factory.mktemp(family.name) / "tiny"
+            texts = ["Product: Bag, Category: BAGS"] * 8
+            if family.name == "phi3v":
+                folders[family.name] = save_tiny_model(folder, texts, vocab_size=350)
+            else:
+                folders[family.name] = family.save_tiny(folder, texts)
+        return folders[family.name]
+
+    return get
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_preset_finds_its_modules_in_a_phi3v_model(path, tmp_path, tiny_model):
+def test_preset_finds_its_modules_in_a_tiny_model_of_its_family(path, tmp_path, tiny_models):
     config, _ = _resolve(path, tmp_path)
+    family = get_family("phi3v") if path.stem == "quickstart" else _family(config)
+    tiny_model = tiny_models(family)
+    family.load_processor(tiny_model, **config.model.cost_settings())  # the cost knob is accepted
     training = {**config.training, "bf16": False, "fp16": False, "activation_checkpointing": False}
     config = dataclasses.replace(
         config,
@@ -97,14 +143,17 @@ def test_preset_finds_its_modules_in_a_phi3v_model(path, tmp_path, tiny_model):
     )
     if config.finetune.method == "qlora":
         with pytest.raises(RuntimeError, match=r"bitsandbytes|CUDA"):
-            quantization_settings(torch.bfloat16, get_family("phi3v"))
+            quantization_settings(torch.bfloat16, family)
         config = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, method="lora"))
     model = load_model(config, training_arguments(config))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
+    parts = {family.part_of(n.replace("base_model.model.", "", 1)) for n in trainable}
     if config.finetune.method != "full":
-        assert any("lora_A" in n for n in trainable)
-    assert any("vision_model" in n for n in trainable) != config.finetune.freeze_vision
+        adapted = {family.part_of(n.replace("base_model.model.", "", 1)) for n in trainable if "lora_A" in n}
+        assert "language" in adapted
+    assert ("vision" in parts) != config.finetune.freeze_vision
+    assert ("projection" in parts) != config.finetune.freeze_projection
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=lambda p: p.stem)
