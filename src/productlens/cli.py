@@ -208,21 +208,23 @@ def export(
     run: Annotated[
         Path | None, typer.Argument(help="Run folder (adapter/ or model/), adapter folder or model folder.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder to write the official-layout model into.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write the servable model into.")] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="float32, bfloat16 or float16 (default: the base's torch_dtype).")
+        str | None, typer.Option(help="float32, bfloat16 or float16 (default: the base's dtype).")
     ] = None,
     num_crops: Annotated[
-        int | None, typer.Option(min=1, help="num_crops to record (default: the training value).")
+        int | None, typer.Option(min=1, help="Phi-3-V: num_crops to record (default: the training value).")
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB.")] = "5GB",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
     check: Annotated[
-        Path | None, typer.Option("--check", help="Only validate this folder against the official layout.")
+        Path | None, typer.Option("--check", help="Only validate this folder against its family's layout.")
     ] = None,
 ) -> None:
-    """Write a fine-tuned run in the official Phi-3-Vision layout (merged weights, official config.json, the
-    base's tokenizer and processor files), loadable by the official remote code, vLLM and productlens.
+    """Write a fine-tuned run as one servable folder (adapters merged): Phi-3-Vision in its official layout
+    (official config.json, the base's tokenizer and processor files; vLLM with --trust-remote-code), the native
+    families (Qwen2.5-VL, Qwen3-VL, SmolVLM, Gemma 3) in their own transformers layout with the run's processor
+    (`vllm serve DIR`, no remote code). The family comes from the base's config.json or the run's model.family.
 
     Exit status of --check: 0 when every rule holds, 1 otherwise (each broken rule is printed).
 
@@ -246,7 +248,7 @@ def export(
         typer.echo(f"FAIL {problem}", err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"ok: {check or out} follows the official Phi-3-Vision layout")
+    typer.echo(f"ok: {check or out} follows {exporting.layout(check or out)}")
 
 
 # ---- evaluate ---------------------------------------------------------------------------------------------

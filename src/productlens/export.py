@@ -1,9 +1,12 @@
-"""Export a fine-tuned Phi-3-Vision in the official layout, and check a folder against that layout.
+"""Export a fine-tuned model for serving, and check a folder against its layout. The family of the run's base
+(config.json `model_type`, or the run's `model.family`) picks the layout: Phi-3-Vision's official one here, the
+native families' own transformers layout in export_native.py.
 
-In: a run folder (adapter/ or model/), an adapter folder or a model folder. Out: a folder that the official remote
-code (transformers 4.40.2 + `trust_remote_code`), vLLM and productlens all load unchanged: official config.json
-(rope `su`, `torch_dtype`, `auto_map`), generation_config.json with the chat stop ids, the base's tokenizer and
-processor files byte for byte, merged weights under the official names in (sharded) safetensors.
+In: a run folder (adapter/ or model/), an adapter folder or a model folder. Out, for Phi-3-V: a folder that the
+official remote code (transformers 4.40.2 + `trust_remote_code`), vLLM and productlens all load unchanged:
+official config.json (rope `su`, `torch_dtype`, `auto_map`), generation_config.json with the chat stop ids, the
+base's tokenizer and processor files byte for byte, merged weights under the official names in (sharded)
+safetensors.
 
     productlens export runs/lora --out exports/lora [--dtype bfloat16]
     productlens export --check exports/lora
@@ -15,13 +18,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from productlens.families import Family, family_for
 from productlens.phi3v.configuration import OFFICIAL_AUTO_MAP, OFFICIAL_KEYS
 
 OFFICIAL_REPO = "microsoft/Phi-3-vision-128k-instruct"
@@ -69,6 +73,8 @@ class Source:
     adapter_dir: Path | None  # a PEFT adapter to merge into the base
     model_dir: Path | None  # or a whole model folder
     num_crops: int | None  # the training value, when the run set one
+    family: str | None = None  # the run's `model.family` (overrides the base's model_type)
+    cost: dict[str, Any] = field(default_factory=dict)  # the run's `model.cost` (processor settings)
 
 
 # ---- what to export -----------------------------------------------------------------------------------------
@@ -128,7 +134,30 @@ def resolve(path: str | os.PathLike, num_crops: int | None = None) -> Source:
             base = str(model)
     base_dir, hub_repo = _base_files(str(base))
     crops = num_crops or settings.get("num_crops")
-    return Source(str(base), base_dir, hub_repo, adapter, model, int(crops) if crops else None)
+    return Source(
+        str(base),
+        base_dir,
+        hub_repo,
+        adapter,
+        model,
+        int(crops) if crops else None,
+        settings.get("family"),
+        dict(settings.get("cost") or {}),
+    )
+
+
+def family_of(source: Source) -> Family:
+    """The family of the base (its config.json `model_type`), the run's `model.family` winning when set."""
+    try:
+        return family_for(_read_json(source.base_dir / "config.json"), source.family)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def base_dtype(config: dict[str, Any]) -> str | None:
+    """The dtype a config.json records: `torch_dtype` or `dtype`, else its text config's."""
+    text = config.get("text_config") or {}
+    return config.get("torch_dtype") or config.get("dtype") or text.get("dtype") or text.get("torch_dtype")
 
 
 def load_weights(source: Source, dtype: torch.dtype) -> torch.nn.Module:
@@ -287,9 +316,10 @@ def export(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
 ) -> Path:
-    """Write RUN / adapter / model folder `source_path` as an official-layout folder `out`; returns `out`.
+    """Write RUN / adapter / model folder `source_path` as a servable folder `out`; returns `out`. Phi-3-V: the
+    official layout; native families: their own transformers layout (export_native.py).
 
-    dtype: float32, bfloat16 or float16 (default: the base's `torch_dtype`). num_crops: recorded in
+    dtype: float32, bfloat16 or float16 (default: the base's `torch_dtype`). num_crops (Phi-3-V only): recorded in
     preprocessor_config.json (default: the run's training value, else the base's). The folder appears whole.
     """
     out = Path(out)
@@ -298,11 +328,20 @@ def export(
     source = resolve(source_path, num_crops)
     if out.resolve() == source.base_dir.resolve():
         raise ExportError(f"--out {out} is the base model folder; choose another folder.")
-    base_dtype = _read_json(source.base_dir / "config.json")
-    name = dtype or base_dtype.get("torch_dtype") or base_dtype.get("dtype") or "float32"
+    name = dtype or base_dtype(_read_json(source.base_dir / "config.json")) or "float32"
     if name not in DTYPES:
         raise ExportError(f"dtype {name!r} is not one of {', '.join(DTYPES)}.")
     torch_dtype = DTYPES[name]
+    family = family_of(source)
+    if family.name != "phi3v":
+        if num_crops is not None:
+            raise ExportError(
+                f"--num-crops is Phi-3-V's setting; a {family.name} export keeps the processor the run "
+                "trained with (its model.cost settings)."
+            )
+        from productlens.export_native import export_native
+
+        return export_native(source, family, out, torch_dtype, max_shard_size)
     model = load_weights(source, torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -458,7 +497,9 @@ def _check_preprocessor(folder: Path) -> list[Problem]:
     return problems
 
 
-def _weight_files(folder: Path) -> tuple[list[Path], list[Problem]]:
+def weight_files(folder: Path) -> tuple[list[Path], list[Problem]]:
+    """The safetensors files of `folder` (model.safetensors, or the shards its index names) -> (present files,
+    a `weights` problem for missing ones)."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map", {})
@@ -479,7 +520,7 @@ def _check_weights(folder: Path, config: dict[str, Any]) -> list[Problem]:
     pickles = [p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES) or "optimizer" in p.name]
     if pickles:
         problems.append(Problem("weights.pickle", f"pickle or optimizer files {pickles}: remove them"))
-    files, missing = _weight_files(folder)
+    files, missing = weight_files(folder)
     problems += missing
     found: dict[str, tuple[list[int], str]] = {}
     for path in files:
@@ -527,11 +568,16 @@ def expected_weights(config: dict[str, Any]) -> dict[str, list[int]]:
 
 
 def check(folder: str | os.PathLike) -> list[Problem]:
-    """Every broken rule of the official layout in `folder` (empty: the folder is fine)."""
+    """Every broken rule of the folder's layout (by its config.json `model_type`: Phi-3-V's official one, or a
+    native family's, see export_native.check_native) in `folder` (empty: the folder is fine)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         return [Problem("files", f"{folder} has no config.json")]
     config = _read_json(folder / "config.json")
+    if config.get("model_type") != "phi3_v":
+        from productlens.export_native import check_native
+
+        return check_native(folder, config)
     problems = _check_config(config)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if not (folder / name).is_file():
@@ -543,10 +589,19 @@ def check(folder: str | os.PathLike) -> list[Problem]:
     return problems + weights
 
 
+def layout(folder: str | os.PathLike) -> str:
+    """What `check` held `folder` to, in words (for the CLI)."""
+    path = Path(folder) / "config.json"
+    model_type = _read_json(path).get("model_type") if path.is_file() else None
+    if model_type == "phi3_v":
+        return "the official Phi-3-Vision layout"
+    return f"the transformers layout of {model_type}"
+
+
 def code_form(auto_map: dict[str, str]) -> str:
     """'hub REPO' or 'local .py files' for an auto_map."""
     repos = {m.group(1) for v in auto_map.values() if (m := re.match(r"(.+)--", v))}
     return f"hub {', '.join(sorted(repos))}" if repos else "local .py files beside config.json"
 
 
-__all__ = ["ExportError", "Problem", "check", "export", "resolve"]
+__all__ = ["ExportError", "Problem", "check", "export", "family_of", "layout", "resolve", "weight_files"]

@@ -1,8 +1,8 @@
 """Crash-safe file writes: a file (or a model folder) appears whole under its name, or not at all.
 
-In: a target path and its bytes or text (or a function that writes a path), or a folder and the objects to
-`save_pretrained` into it. Out: the file or folder, written to a temporary sibling and renamed onto the target,
-so a crash never leaves a half-written one behind.
+In: a target path and its bytes or text (or a function that writes a path), or a folder to fill in a block (or
+the objects to `save_pretrained` into it). Out: the file or folder, written to a temporary sibling and renamed
+onto the target, so a crash never leaves a half-written one behind.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return Path(path)
 
 
-def save_pretrained_atomic(folder: str | os.PathLike, *parts: Any, overwrite: bool = False) -> Path:
-    """`part.save_pretrained` for each of `parts` (model, processor, ...) into `folder`, via a temporary sibling
-    folder renamed into place; -> the folder. Refuses a non-empty folder unless `overwrite`."""
+@contextmanager
+def atomic_folder(folder: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `folder`; when the block succeeds it replaces `folder` (gone if it
+    fails). Refuses a non-empty `folder` unless `overwrite`."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(
@@ -45,12 +46,20 @@ def save_pretrained_atomic(folder: str | os.PathLike, *parts: Any, overwrite: bo
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
-        for part in parts:
-            part.save_pretrained(tmp)
+        yield tmp
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+
+def save_pretrained_atomic(folder: str | os.PathLike, *parts: Any, overwrite: bool = False) -> Path:
+    """`part.save_pretrained` for each of `parts` (model, processor, ...) into `folder`, via a temporary sibling
+    folder renamed into place; -> the folder. Refuses a non-empty folder unless `overwrite`."""
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
+    return Path(folder)
