@@ -225,3 +225,31 @@ def test_check_via_cli_lists_every_problem(merged, tmp_path):
     result = cli("export", "--check", folder)
     assert result.exit_code == 1
     assert "FAIL weights.pickle: " in result.output and "FAIL weights.names: " in result.output
+
+
+def test_train_merge_writes_the_native_export(tmp_path):
+    """`train --merge` (train.save_final -> export) on a tiny Qwen2.5-VL: RUN/model passes the check."""
+    from test_train import make_prepared
+
+    from productlens.config import load_config
+    from productlens.train import train
+
+    base = get_family("qwen2_5_vl").save_tiny(tmp_path / "base", TEXTS)
+    data = make_prepared(tmp_path / "data", sizes=(8, 2, 2))
+    settings = [
+        f"model.path={base}",
+        f"data.path={data}",
+        f"training.output_dir={tmp_path / 'run'}",
+        "training.report_to=none",
+        "training.per_device_train_batch_size=4",
+        "training.max_steps=2",
+        "training.eval_strategy=no",
+        "training.save_strategy=no",
+        "training.disable_tqdm=true",
+        "finetune.merge=true",
+        "eval.sample_size=2",
+    ]
+    train(load_config(None, settings))
+    model = tmp_path / "run" / "model"
+    assert check(model) == [] and (model / "README.md").is_file()
+    assert "auto_map" not in json.loads((model / "config.json").read_text())
