@@ -324,7 +324,7 @@ def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype
 # ---- where the weights are --------------------------------------------------------------------------------
 
 RUN_CONFIG = "config.yaml"  # the resolved config `productlens train` writes into its run folder
-MODEL_SUBFOLDER = "model"  # a run's merged / fully fine-tuned model (official layout, with the processor)
+MODEL_SUBFOLDER = "model"  # a run's merged / fully fine-tuned model (with the processor)
 ADAPTER_SUBFOLDER = "adapter"  # a run's PEFT adapter (with the processor)
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, e.g. microsoft/Phi-3-vision-128k-instruct

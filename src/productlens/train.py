@@ -546,7 +546,7 @@ def save_final(
         from productlens.export import export
 
         dtype = None if config.model.dtype == "auto" else config.model.dtype
-        # `productlens export`: merged weights in the official layout, the base's own tokenizer/processor files
+        # `productlens export`: merged weights in the family's export layout (Phi-3-V: the official one)
         export(output_dir, model_dir, dtype=dtype, overwrite=True)
     trainer.accelerator.wait_for_everyone()
     return adapter_dir, model_dir
