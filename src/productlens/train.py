@@ -105,12 +105,25 @@ def lora_settings(lora: LoraConfig, finetune: FinetuneConfig, family: Family, mo
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules="|".join(f"(?:{p})" for p in patterns),
-        modules_to_save=list(family.projection_modules) or None
+        modules_to_save=_whole_modules(model, family.projection_modules) or None
         if train_projection and not lora.projection_targets
         else None,
         use_dora=finetune.method == "dora",
         task_type="CAUSAL_LM",
     )
+
+
+def _whole_modules(model: torch.nn.Module, endings: tuple[str, ...]) -> list[str]:
+    """Module names ending in `endings`, a module list (e.g. Qwen3-VL's deepstack mergers) as its items:
+    PEFT's modules_to_save wraps modules that are called, which a ModuleList is not."""
+    out = []
+    for name, module in model.named_modules():
+        if name.endswith(endings):
+            if isinstance(module, torch.nn.ModuleList):
+                out += [f"{name}.{k}" for k in range(len(module))]
+            else:
+                out.append(name)
+    return out
 
 
 def quantization_settings(compute_dtype: torch.dtype, family: Family) -> Any:
