@@ -1,9 +1,11 @@
-"""The model families side by side on their tiny models: image tokens per photo at each family's default cost
-knob, and training throughput (full fine-tuning, real tokens per second) through the family-generic collator.
+"""The model families side by side on their quickstart models: image tokens per photo at each family's default
+cost knob, and training throughput (full fine-tuning, real tokens per second) through the family-generic collator,
+with each family's speed as a ratio to Phi-3-V's (the baseline) measured in the same run.
 
-Same products (synthetic catalog photos of mixed aspect ratios), same batch size and optimiser for every family;
-each tiny model keeps its family's real image geometry (patch size, merging, crops) at toy widths, so the image
-token counts show how each family spends tokens on a photo, and the speeds compare like with like only roughly.
+Same products (synthetic catalog photos of mixed aspect ratios), same batch size and optimiser for every family, and
+the quickstart's sizes (configs/quickstart.yaml: the same decoder widths for all, a vision tower of the same width)
+in each family's own image geometry (patch size, merging, crops), so the image token counts show how each family
+spends tokens on a photo and the speeds compare the architectures, not their sizes.
 
     python bench/bench_families.py [--rows 48] [--batch-size 4] [--families phi3v,qwen2_5_vl,smolvlm,gemma3]
 """
@@ -23,8 +25,10 @@ from PIL import Image
 from productlens.catalog.schema import MISSING
 from productlens.catalog.synth import write_catalog
 from productlens.collate import product_of
+from productlens.config import load_yaml
 from productlens.families import get_family, names
 from productlens.families.collate import FamilyCollator
+from productlens.quickstart import split_preset, with_family
 from productlens.task.prompts import AnswerTemplate
 
 
@@ -48,7 +52,8 @@ def products(folder: Path, rows: int) -> list[dict]:
 def measure(name: str, rows: list[dict], texts: list[str], batch_size: int, folder: Path) -> dict:
     """One family: tiny model -> image tokens per photo and training real tokens/s (after one warm-up step)."""
     family = get_family(name)
-    family.save_tiny(folder / name, texts, seed=0)
+    settings, _ = split_preset(with_family(load_yaml("quickstart"), name))
+    family.save_tiny(folder / name, texts, seed=0, vocab_size=settings.vocab_size, **settings.model)
     processor = family.load_processor(folder / name)
     model = family.load_model(folder / name).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -97,12 +102,14 @@ def main() -> None:
     )
     print(
         f"{'family':12s} {'params':>8s} {'img tok/photo':>14s} {'min-max':>8s} {'tokens/row':>11s} "
-        f"{'tokens/s':>9s} {'s/step':>7s}"
+        f"{'tokens/s':>9s} {'s/step':>7s} {'vs phi3v':>9s}"
     )
+    baseline = next((r["tokens/s"] for r in results if r["family"] == "phi3v"), None)
     for r in results:
+        ratio = f"{r['tokens/s'] / baseline:8.2f}x" if baseline else "        -"
         print(
             f"{r['family']:12s} {r['parameters']:8d} {r['image tokens/photo']:14.1f} {r['min-max']:>8s} "
-            f"{r['tokens/row']:11.1f} {r['tokens/s']:9.0f} {r['s/step']:7.3f}"
+            f"{r['tokens/row']:11.1f} {r['tokens/s']:9.0f} {r['s/step']:7.3f} {ratio}"
         )
 
 

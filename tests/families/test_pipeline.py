@@ -118,3 +118,24 @@ def test_full_fine_tuning_opens_the_vision_tower_at_its_own_rate(name, data, tmp
     assert rates == {"vision": {1e-5}, "projection": {3e-4}, "language": {args.learning_rate}}
     assert all(p.requires_grad for p in model.parameters())
     assert not any(torch.isnan(p).any() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_lora_trains_float32_master_weights(name, data, tmp_path):
+    """model.dtype bfloat16 + training.bf16: the adapters and the projector's trainable copy are float32 (updates
+    at small learning rates are kept), frozen weights stay bfloat16."""
+    family = get_family(name)
+    base = family.save_tiny(tmp_path / "base", TEXTS)
+    extra = [
+        "model.dtype=bfloat16",
+        "training.bf16=true",
+        "training.use_cpu=true",
+        "training.eval_strategy=no",
+    ]
+    config = load_config(None, settings(base, data, tmp_path / "run", *extra))
+    model = load_model(config, training_arguments(config))
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}
+    assert set(frozen.values()) == {torch.bfloat16}
