@@ -118,7 +118,10 @@ class Gemma3(Family):
                 "head_dim": head,
                 "query_pre_attn_scalar": head,
                 "sliding_window": 16,
-                "layer_types": ["sliding_attention", "full_attention"],
+                # sliding-window and global attention taking turns (the real model: 5 to 1)
+                "layer_types": [
+                    ("sliding_attention", "full_attention")[k % 2] for k in range(text["num_hidden_layers"])
+                ],
                 "bos_token_id": ids("<bos>"),
                 "eos_token_id": [ids("<eos>"), ids("<end_of_turn>")],
                 "pad_token_id": ids("<pad>"),
