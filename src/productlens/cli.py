@@ -73,6 +73,9 @@ ALLOW_HOST_HELP = (
     "Let URLs reach this private host: NAME, NAME:PORT, IP or CIDR such as 10.0.0.0/8 (repeatable). "
     "The only way to reach link-local / cloud metadata addresses."
 )
+FAMILY_HELP = (
+    "Model family (phi3v, qwen2_5_vl, qwen3_vl, smolvlm, gemma3); default: from the checkpoint's config.json."
+)
 
 
 @app.command()
@@ -171,7 +174,7 @@ def train(
     data: Annotated[
         str | None, typer.Option(help="Prepared dataset folder (`productlens prepare --out`).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Base model folder (official layout).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model: a folder or hub id.")] = None,
     out: Annotated[
         str | None, typer.Option(help="Run folder: checkpoints, config.yaml, adapter/, model/.")
     ] = None,
@@ -185,8 +188,9 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out (same data order).")
     ] = False,
+    family: Annotated[str | None, typer.Option(help=FAMILY_HELP)] = None,
 ) -> None:
-    """Fine-tune Phi-3-Vision on a prepared catalog with the HF Trainer: LoRA, DoRA, QLoRA or full.
+    """Fine-tune a VLM (Phi-3-Vision by default) on a prepared catalog with the HF Trainer: LoRA, DoRA, QLoRA or full.
 
     The `training:` section of the preset goes to transformers.TrainingArguments as it is. Several GPUs:
     `accelerate launch --config_file configs/accelerate/ddp.yaml -m productlens train ...`.
@@ -196,7 +200,8 @@ def train(
     from productlens.train import train_from_options
 
     try:
-        train_from_options(config, set_ or [], data=data, model=model, out=out, merge=merge, resume=resume)
+        overrides = [*(set_ or []), *([f"model.family={family}"] if family else [])]
+        train_from_options(config, overrides, data=data, model=model, out=out, merge=merge, resume=resume)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -279,6 +284,7 @@ def evaluate(
     api_key: Annotated[
         str | None, typer.Option(envvar="PRODUCTLENS_API_KEY", help="With --endpoint: the server's API key.")
     ] = None,
+    family: Annotated[str | None, typer.Option(help=FAMILY_HELP)] = None,
 ) -> None:
     """Score a model on a split against baselines: predictions.jsonl, metrics.json and report.html.
 
@@ -307,6 +313,7 @@ def evaluate(
             nn_baseline=nn_baseline,
             endpoint=endpoint,
             api_key=api_key,
+            family=family,
         )
     except (ValueError, OSError, PrepareError, EndpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -345,6 +352,7 @@ def predict(
         str | None, typer.Option(envvar="PRODUCTLENS_API_KEY", help="With --endpoint: the server's API key.")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="With --endpoint: requests in flight at once.")] = 8,
+    family: Annotated[str | None, typer.Option(help=FAMILY_HELP)] = None,
 ) -> None:
     """Read title, category and price from product photos: files, folders or URLs in, JSONL or CSV out.
 
@@ -382,7 +390,7 @@ def predict(
         elif model is None:
             raise ValueError("pass --model RUN (a run, model folder or hub id), or --endpoint URL")
         else:
-            predictor = Predictor.load(model, adapter=adapter, **options)
+            predictor = Predictor.load(model, adapter=adapter, family=family, **options)
         chunk = max(64, 4 * concurrency)  # photos read ahead: enough to keep --concurrency requests in flight
         summary = predict_inputs(
             predictor, inputs, out, allow_private=allow_private, allow_hosts=allow_host or (), chunk=chunk
@@ -433,6 +441,7 @@ def serve(
         typer.Option("--allow-private-urls", help="Let JSON photo URLs reach loopback/private addresses."),
     ] = False,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help=ALLOW_HOST_HELP)] = None,
+    family: Annotated[str | None, typer.Option(help=FAMILY_HELP)] = None,
 ) -> None:
     """Serve the model: a web page to drop photos on (/) and an HTTP API (POST /v1/predict, schema at /openapi.json).
 
@@ -459,7 +468,7 @@ def serve(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_server(model, adapter=adapter, host=host, port=port, settings=settings)
+    run_server(model, adapter=adapter, host=host, port=port, settings=settings, family=family)
 
 
 # ---- quickstart -------------------------------------------------------------------------------------------

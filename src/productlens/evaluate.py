@@ -49,6 +49,7 @@ def evaluate(
     progress: bool = True,
     endpoint: str | None = None,
     api_key: str | None = None,
+    family: str | None = None,
 ) -> dict[str, Any]:
     """Predict every product of `split`, score it, write predictions.jsonl / metrics.json / report.html.
 
@@ -56,6 +57,7 @@ def evaluate(
     split's categories, price a number. `nn_baseline`: also score copying the training product whose mean image
     feature is closest (cosine). Metrics go to `wandb_run`, or to the active W&B run if there is one.
     `endpoint`: score the model an OpenAI-compatible server serves instead (`model`: its served name or None).
+    `family`: the model family, when the checkpoint's config.json does not say.
     Returns the metrics dict (as in metrics.json).
     """
     from tqdm import tqdm
@@ -81,7 +83,7 @@ def evaluate(
 
         predictor = RemotePredictor(endpoint, api_key, model=model, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
     else:
-        predictor = _predictor(model, adapter, batch_size, max_new_tokens)
+        predictor = _predictor(model, adapter, batch_size, max_new_tokens, family)
     if constrain:
         predictor = predictor.with_options(constraints=Constraints.from_training(train_rows))
     out = Path(out_dir) if out_dir is not None else _default_out(model, split)
@@ -152,14 +154,18 @@ def evaluate(
 
 
 def _predictor(
-    model: str | os.PathLike | Predictor, adapter: Any, batch_size: int, max_new_tokens: int | None
+    model: str | os.PathLike | Predictor,
+    adapter: Any,
+    batch_size: int,
+    max_new_tokens: int | None,
+    family: str | None = None,
 ) -> Predictor:
     options: dict[str, Any] = {"batch_size": batch_size}
     if max_new_tokens is not None:
         options["max_new_tokens"] = max_new_tokens
     if isinstance(model, Predictor):
         return model.with_options(**options)
-    return Predictor.load(model, adapter=adapter, **options)
+    return Predictor.load(model, adapter=adapter, family=family, **options)
 
 
 def _default_out(model: Any, split: str) -> Path:

@@ -139,3 +139,20 @@ def test_bf16_lora_trains_float32_master_weights(name, data, tmp_path):
     assert any("lora_" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
     assert set(trainable.values()) == {torch.float32}
     assert set(frozen.values()) == {torch.bfloat16}
+
+
+def test_a_checkpoint_of_no_known_family_asks_for_family(tmp_path):
+    """A config.json whose model_type no family serves: `predict` stops with exit 2 and says to pass --family."""
+    from typer.testing import CliRunner
+
+    from productlens.cli import app
+
+    folder = get_family("smolvlm").save_tiny(tmp_path / "tiny", TEXTS)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "my_vlm"}))
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(photo)
+    result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(folder)])
+    assert result.exit_code == 2 and "my_vlm" in result.output and "--family" in result.output

@@ -674,8 +674,10 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     settings: ServeSettings = ServeSettings(),
+    family: str | None = None,
 ) -> None:
-    """Load the model once and serve the API and page until interrupted (Ctrl+C); prints the URL."""
+    """Load the model once (`family`: default from its config.json) and serve the API and page until interrupted
+    (Ctrl+C); prints the URL."""
     from productlens.predict import Predictor
 
     if warning := exposure_warning(host, settings.token):
@@ -687,7 +689,7 @@ def serve(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port"
         ) from None
     print(f"loading {model} ...", flush=True)
-    predictor = Predictor.load(model, adapter=adapter)
+    predictor = Predictor.load(model, adapter=adapter, family=family)
     app = create_app(predictor, settings, model_name=Path(model).name or str(model))
     url = _url(sock, "127.0.0.1" if host in ("0.0.0.0", "::") else host)
     print(f"productlens is serving {model} at {url}/  (API: {url}/openapi.json; Ctrl+C stops)", flush=True)
