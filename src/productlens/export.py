@@ -513,7 +513,9 @@ def weight_files(folder: Path) -> tuple[list[Path], list[Problem]]:
     return [], [Problem("weights", "no model.safetensors or model.safetensors.index.json")]
 
 
-def _check_weights(folder: Path, config: dict[str, Any]) -> list[Problem]:
+def stored_weights(folder: Path) -> tuple[dict[str, tuple[list[int], str]], list[Problem]]:
+    """A folder's safetensors tensors -> ({name: (shape, dtype)}, problems: pickle or optimizer files, missing
+    shards, files without the {"format": "pt"} metadata)."""
     from safetensors import safe_open
 
     problems = []
@@ -530,6 +532,11 @@ def _check_weights(folder: Path, config: dict[str, Any]) -> list[Problem]:
             for name in f.keys():  # noqa: SIM118 (safe_open has no iterator)
                 part = f.get_slice(name)
                 found[name] = (list(part.get_shape()), part.get_dtype())
+    return found, problems
+
+
+def _check_weights(folder: Path, config: dict[str, Any]) -> list[Problem]:
+    found, problems = stored_weights(folder)
     try:
         expected = expected_weights(config)
     except Exception as exc:  # a broken config: the config rules say why, else this one does

@@ -19,12 +19,11 @@ import torch
 
 from productlens.export import (
     DTYPES,
-    PICKLE_SUFFIXES,
     ExportError,
     Problem,
     Source,
     base_dtype,
-    weight_files,
+    stored_weights,
 )
 from productlens.families import MODEL_TYPES, Family, get_family
 from productlens.files import atomic_folder
@@ -157,22 +156,7 @@ def _check_config(folder: Path, config: dict[str, Any], family: Family) -> list[
 
 
 def _check_weights(folder: Path, config: dict[str, Any]) -> list[Problem]:
-    from safetensors import safe_open
-
-    problems = []
-    pickles = [p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES) or "optimizer" in p.name]
-    if pickles:
-        problems.append(Problem("weights.pickle", f"pickle or optimizer files {pickles}: remove them"))
-    files, missing = weight_files(folder)
-    problems += missing
-    found: dict[str, tuple[list[int], str]] = {}
-    for path in files:
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("format") != "pt":
-                problems.append(Problem("weights.metadata", f'{path.name} lacks metadata {{"format": "pt"}}'))
-            for name in f.keys():  # noqa: SIM118 (safe_open has no iterator)
-                part = f.get_slice(name)
-                found[name] = (list(part.get_shape()), part.get_dtype())
+    found, problems = stored_weights(folder)
     try:
         expected = expected_weights(folder)
     except Exception as exc:  # any config that does not build fails this rule
