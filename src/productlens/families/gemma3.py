@@ -101,7 +101,7 @@ class Gemma3(Family):
         )
         side = vision["image_size"]
         tokens = (side // vision["patch_size"] // 2) ** 2  # patches pooled 2x2
-        text = sized(TINY_TEXT, text)
+        text = sized({**TINY_TEXT, "sliding_window": 16}, text)
         head = text["hidden_size"] // text["num_attention_heads"]
         image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side}, do_pan_and_scan=False)
         processor = Gemma3Processor(
@@ -117,7 +117,6 @@ class Gemma3(Family):
                 **text,
                 "head_dim": head,
                 "query_pre_attn_scalar": head,
-                "sliding_window": 16,
                 # sliding-window and global attention taking turns (the real model: 5 to 1)
                 "layer_types": [
                     ("sliding_attention", "full_attention")[k % 2] for k in range(text["num_hidden_layers"])
