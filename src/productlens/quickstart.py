@@ -109,9 +109,10 @@ def with_family(raw: dict[str, Any], family: str | None) -> dict[str, Any]:
     from productlens.families import get_family
 
     name = get_family(family).name
-    entries = (raw.get("quickstart") or {}).get("families") or {}
-    if name not in entries and name != (raw.get("quickstart") or {}).get("family", "phi3v"):
-        known = ", ".join(sorted({(raw.get("quickstart") or {}).get("family", "phi3v"), *entries}))
+    section = raw.get("quickstart") or {}
+    entries, default = section.get("families") or {}, section.get("family", "phi3v")
+    if name not in entries and name != default:
+        known = ", ".join(sorted({default, *entries}))
         raise ValueError(f"the quickstart preset has no settings for family {name}; it has: {known}")
     entry = entries.get(name, {})
     out = merge(merge(raw, entry), {"quickstart": {"family": name}})
