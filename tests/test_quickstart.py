@@ -124,10 +124,10 @@ def _check_the_wandb_run(out, stdout, metrics):
     assert {e.path for e in model.manifest.contents} >= {"model.safetensors", "config.json", "tokenizer.json"}
 
 
-# Each other family's quickstart, CI-sized: a small catalog and 60 steps (its full run, which meets the targets,
+# Each other family's quickstart, CI-sized: a small catalog and 40 steps (its full run, which meets the targets,
 # is recorded in bench/RESULTS.md: `productlens quickstart --family NAME`).
-SHORT = ["quickstart.rows=700", "training.max_steps=60", "training.eval_steps=30", "training.save_steps=30"]
-SHORT += ["training.logging_steps=10", "training.report_to=none", "data.eval_limit=32", "eval.sample_size=16"]
+SHORT = ["quickstart.rows=400", "training.max_steps=40", "training.eval_steps=40", "training.save_steps=40"]
+SHORT += ["training.logging_steps=10", "training.report_to=none", "data.eval_limit=16", "eval.sample_size=8"]
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "smolvlm", "gemma3"])
@@ -138,12 +138,12 @@ def test_each_family_runs_the_whole_quickstart(family, tmp_path):
     result = run_quickstart(out, "quickstart", SHORT, family=family)
     config = json.loads((out / "base" / "config.json").read_text())
     assert get_family(family).model_types == (config["model_type"],)  # a tiny model of that architecture
-    state = json.loads(next(out.glob("checkpoint-60/trainer_state.json")).read_text())
+    state = json.loads(next(out.glob("checkpoint-40/trainer_state.json")).read_text())
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
-    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses  # it learns
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses  # it learns
     assert any("eval_category_accuracy" in e for e in state["log_history"])  # generation-based evaluation
     records = (out / "predictions.jsonl").read_text().splitlines()
-    assert len(records) == result.metrics["n"] > 30  # every test product generated for and scored
+    assert len(records) == result.metrics["n"] > 20  # every test product generated for and scored
     assert [t.name for t in result.targets] == [t[0] for t in TARGETS]
     assert (out / "report.html").is_file() and (result.model_dir / "config.json").is_file()
     from productlens.predict import Predictor
