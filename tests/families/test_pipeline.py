@@ -156,3 +156,17 @@ def test_a_checkpoint_of_no_known_family_asks_for_family(tmp_path):
     Image.new("RGB", (40, 30), (200, 40, 40)).save(photo)
     result = CliRunner().invoke(app, ["predict", str(photo), "--model", str(folder)])
     assert result.exit_code == 2 and "my_vlm" in result.output and "--family" in result.output
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constrained_decoding_holds_on_every_tokenizer(name, tmp_path):
+    """Constrained decoding on the family's own tokenizer: even a random model answers in the template, with a
+    category from the allowed list and a numeric price."""
+    from family_checks import rows
+
+    folder = get_family(name).save_tiny(tmp_path / "tiny", TEXTS)
+    predictor = Predictor.load(
+        folder, max_new_tokens=60, constrain_categories=["BAGS", "BELTS"], constrain_price=True
+    )
+    for prediction in predictor.predict([row["image"] for row in rows()]):
+        assert prediction.failures == () and prediction.category in ("BAGS", "BELTS") and prediction.price > 0
