@@ -161,7 +161,7 @@ def test_a_checkpoint_of_no_known_family_asks_for_family(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_constrained_decoding_holds_on_every_tokenizer(name, tmp_path):
     """Constrained decoding on the family's own tokenizer: even a random model answers in the template, with a
-    category from the allowed list and a numeric price."""
+    category from the allowed list and a numeric price, and in JSON that a schema asks for."""
     from family_checks import rows
 
     folder = get_family(name).save_tiny(tmp_path / "tiny", TEXTS)
@@ -170,3 +170,19 @@ def test_constrained_decoding_holds_on_every_tokenizer(name, tmp_path):
     )
     for prediction in predictor.predict([row["image"] for row in rows()]):
         assert prediction.failures == () and prediction.category in ("BAGS", "BELTS") and prediction.price > 0
+
+    # the OpenAI endpoint's JSON schema (response_format), through the family's chat prompt
+    from productlens.chat import ChatJob
+
+    family = predictor.family
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string", "maxLength": 20}, "price": {"type": "number"}},
+        "required": ["title", "price"],
+    }
+    prompt = family.chat_prompt(predictor.processor, [("user", ["Describe it as JSON"], 1)])
+    job = ChatJob(prompt=prompt, images=[rows()[0]["image"]], max_new_tokens=80, json_schema=schema)
+    (result,) = predictor.chat([job])
+    answer = json.loads(result.text)
+    assert result.finish_reason == "stop" and isinstance(answer["title"], str)
+    assert isinstance(answer["price"], int | float)
