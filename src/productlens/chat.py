@@ -156,12 +156,14 @@ class _Tracker(StoppingCriteria):
             row.length, row.reason = len(ids), "stop" if ended else "length"
             return
         if row.job.on_text is not None:
-            # trailing byte tokens may still join the next ones into one character: wait for them
+            # SentencePiece byte-fallback tokens may still join the next ones into one character: wait for them
             stable = len(ids)
             while stable and ids[stable - 1] in self.byte_ids:
                 stable -= 1
             if stable < len(ids):
                 text = self.processor.decode(ids[:stable], skip_special_tokens=True)
+            # byte-level BPE (Qwen, SmolLM, Gemma): a character whose bytes are still coming decodes as U+FFFD
+            text = text.rstrip("\ufffd")
             safe = len(text) - _partial_stop(text, row.job.stop)
             if safe > row.job.sent:
                 row.job.on_text(text[row.job.sent : safe])

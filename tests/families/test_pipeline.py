@@ -161,7 +161,8 @@ def test_a_checkpoint_of_no_known_family_asks_for_family(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_constrained_decoding_holds_on_every_tokenizer(name, tmp_path):
     """Constrained decoding on the family's own tokenizer: even a random model answers in the template, with a
-    category from the allowed list and a numeric price, and in JSON that a schema asks for."""
+    category from the allowed list and a numeric price, and in JSON that a schema asks for; streamed chunks add up
+    to the answer."""
     from family_checks import rows
 
     folder = get_family(name).save_tiny(tmp_path / "tiny", TEXTS)
@@ -186,3 +187,12 @@ def test_constrained_decoding_holds_on_every_tokenizer(name, tmp_path):
     answer = json.loads(result.text)
     assert result.finish_reason == "stop" and isinstance(answer["title"], str)
     assert isinstance(answer["price"], int | float)
+
+    # streaming: the chunks add up to the answer, even where sampled byte tokens spell characters piece by piece
+    torch.manual_seed(0)
+    for k in range(3):
+        chunks = []
+        job = ChatJob(prompt=prompt, images=[rows()[k]["image"]], max_new_tokens=40, temperature=1.5)
+        job.on_text = chunks.append
+        (result,) = predictor.chat([job])
+        assert "".join(chunks) == result.text and len(chunks) > 1
