@@ -36,7 +36,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 from productlens.config import load_config
-from productlens.train import train
+from productlens.train import end_distributed, train
 
 class Probe(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -54,6 +54,7 @@ class Probe(TrainerCallback):
         Path(args.output_dir, f"info{args.process_index}.json").write_text(json.dumps(info))
 
 train(load_config(sys.argv[1]), callbacks=[Probe()])
+end_distributed()  # as `productlens train` does
 """
 
 

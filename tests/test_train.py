@@ -323,7 +323,7 @@ from accelerate import PartialState
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 from productlens.config import load_config
-from productlens.train import train
+from productlens.train import end_distributed, train
 
 class Probe(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -336,6 +336,7 @@ class Probe(TrainerCallback):
 result = train(load_config(sys.argv[1]), callbacks=[Probe()])
 out = {"global_step": result.global_step, "world_size": result.world_size, "total_batch_size": result.total_batch_size}
 Path(result.output_dir, f"result{PartialState().process_index}.json").write_text(json.dumps(out))
+end_distributed()  # as `productlens train` does
 """
 
 

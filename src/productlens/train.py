@@ -528,6 +528,7 @@ def train_from_options(
         preset = str(Path(out) / "config.yaml")
     config = load_config(preset, [*given, *overrides])
     result = train(config, resume=resume)
+    end_distributed()
     console.print(
         f"trained {result.global_step} steps ({result.world_size} process(es), {result.total_batch_size} "
         f"examples per step) -> {result.output_dir}"
@@ -535,6 +536,17 @@ def train_from_options(
         + (f"; model: {result.model_dir}" if result.model_dir else "")
     )
     return result
+
+
+def end_distributed() -> None:
+    """Several processes (accelerate launch, torchrun): wait for all, then take the process group down before the
+    process exits; one left to the interpreter's shutdown can abort a rank after a finished run (SIGABRT,
+    'terminate called without an active exception', seen with DeepSpeed on gloo)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def save_final(
