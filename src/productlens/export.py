@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from productlens.families import Family, family_for
+from productlens.families import Family, checkpoint_family
 from productlens.phi3v.configuration import OFFICIAL_AUTO_MAP, OFFICIAL_KEYS
 
 OFFICIAL_REPO = "microsoft/Phi-3-vision-128k-instruct"
@@ -149,7 +149,7 @@ def resolve(path: str | os.PathLike, num_crops: int | None = None) -> Source:
 def family_of(source: Source) -> Family:
     """The family of the base (its config.json `model_type`), the run's `model.family` winning when set."""
     try:
-        return family_for(_read_json(source.base_dir / "config.json"), source.family)
+        return checkpoint_family(source.base_dir, source.family)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
 

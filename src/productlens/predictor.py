@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from productlens.families import Family, family_for, get_family
+from productlens.families import Family, checkpoint_family, family_for
 from productlens.task.constrain import AnswerGrammar, Constraints, TemplateConstraint, token_pieces
 from productlens.task.parse import parse_answer
 from productlens.task.prompts import AnswerTemplate
@@ -134,10 +134,7 @@ class Predictor:
         source = resolve_source(model, adapter)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = _dtype(dtype, device)
-        from transformers import PretrainedConfig
-
-        name = family or source.family
-        kind = get_family(name) if name else family_for(PretrainedConfig.get_config_dict(source.base)[0])
+        kind = checkpoint_family(source.base, family or source.family)
         net = kind.load_model(source.base, dtype=dtype)
         if source.adapter is not None:
             from peft import PeftModel
@@ -279,7 +276,10 @@ class Predictor:
         with _evaluating(self.model), torch.inference_mode():
             for start in range(0, len(images), size):
                 inputs = self._inputs(list(images[start : start + size]))
-                out += [row.float().cpu().numpy() for row in self.family.image_features(self.model, inputs)]
+                out += [
+                    row.float().cpu().numpy()
+                    for row in self.family.image_features(self.model, self.processor, inputs)
+                ]
         if not out:
             width = self.model.get_input_embeddings().weight.shape[1]
             return np.zeros((0, width), dtype=np.float32)

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from productlens.collate import SeededLengthGroupedSampler
 from productlens.config import FinetuneConfig, LoraConfig, RunConfig, save_config
-from productlens.families import Family, family_for, get_family
+from productlens.families import Family, checkpoint_family, family_for
 from productlens.families.collate import FamilyCollator, example_lengths
 from productlens.files import write_atomic
 from productlens.task.metrics import higher_is_better
@@ -54,12 +54,7 @@ class TrainResult:
 
 def family_of(config: RunConfig) -> Family:
     """The base checkpoint's family: `model.family` if set, else its config.json's model_type."""
-    if config.model.family:
-        return get_family(config.model.family)
-    from transformers import PretrainedConfig
-
-    raw, _ = PretrainedConfig.get_config_dict(config.model.path)
-    return family_for(raw)
+    return checkpoint_family(config.model.path, config.model.family)
 
 
 def set_trainable(model: torch.nn.Module, finetune: FinetuneConfig, family: Family) -> None:

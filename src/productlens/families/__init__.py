@@ -177,18 +177,13 @@ class Family:
         """The id the processor repeats once per image-feature token."""
         return int(processor.image_token_id)
 
-    def image_features(self, model: Any, inputs: Any) -> list[Any]:
+    def image_features(self, model: Any, processor: Any, inputs: Any) -> list[Any]:
         """Encoded one-photo prompts -> one [hidden] tensor per row: the image embeddings the language model
         sees (its input embeddings at the image-token positions), mean-pooled."""
         out = model(**inputs, output_hidden_states=True)
         embedded = out.hidden_states[0]  # [B, L, hidden], image features in place
-        where = inputs["input_ids"] == self.image_token_id_of(model)  # [B, L]
+        where = inputs["input_ids"] == self.image_token_id(processor)  # [B, L]
         return [row[mask].mean(0) for row, mask in zip(embedded, where, strict=True)]
-
-    def image_token_id_of(self, model: Any) -> int:
-        """The image-feature token id a model's config names."""
-        config = model.config
-        return int(getattr(config, "image_token_id", None) or config.image_token_index)
 
     # ---- chat (the OpenAI-compatible endpoint) --------------------------------------------------------
 
@@ -319,9 +314,28 @@ def family_for(config: Any, override: str | None = None) -> Family:
     return get_family(MODEL_TYPES[model_type])
 
 
+def checkpoint_family(path: str | os.PathLike, override: str | None = None) -> Family:
+    """The family of a checkpoint (a folder or hub id) by its config.json's model_type; `override` (--family,
+    `model.family`) wins when given, without reading the config."""
+    if override:
+        return get_family(override)
+    from transformers import PretrainedConfig
+
+    return family_for(PretrainedConfig.get_config_dict(str(path))[0])
+
+
 def names() -> list[str]:
     """The family names, in registry order."""
     return list(MODULES)
 
 
-__all__ = ["IGNORE_INDEX", "MODEL_TYPES", "MODULES", "Family", "family_for", "get_family", "names"]
+__all__ = [
+    "IGNORE_INDEX",
+    "MODEL_TYPES",
+    "MODULES",
+    "Family",
+    "checkpoint_family",
+    "family_for",
+    "get_family",
+    "names",
+]

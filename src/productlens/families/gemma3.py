@@ -36,7 +36,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}{{ '<end_of_turn>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
-SIDE, PATCH, TOKENS = 32, 8, 4  # tiny: 32-px photos, 4x4 patches pooled to 2x2 = 4 image tokens
+SIDE, PATCH = 32, 8  # tiny: 32-px photos, 4x4 patches pooled to 2x2 = 4 image tokens
 
 
 class Gemma3(Family):

@@ -89,7 +89,7 @@ class Phi3V(Family):
     def image_token_id(self, processor: Any) -> int:
         return -1  # the slots of a prompt's first (here: only) image
 
-    def image_features(self, model: Any, inputs: Any) -> list[Any]:
+    def image_features(self, model: Any, processor: Any, inputs: Any) -> list[Any]:
         """The projected image features straight from the image embedding (no decoder pass), mean-pooled."""
         from productlens.phi3v.modeling import Phi3VImageEmbedding
 
