@@ -264,13 +264,27 @@ class Family:
         *,
         seed: int = 0,
         overwrite: bool = False,
+        **sizes: Any,
+    ) -> Path:
+        """A random tiny model of this architecture (weights drawn from `seed`) + a locally built tokenizer and
+        processor -> `folder`, crash-safe; a non-empty folder only with `overwrite`. `sizes` go to `tiny`."""
+        from productlens.families.tiny import seeded, write_folder
+
+        model_class, config, processor = self.tiny(list(texts), **sizes)
+        model = seeded(lambda: model_class(config), seed)
+        return write_folder(folder, model, processor, overwrite)
+
+    def tiny(
+        self,
+        texts: Iterable[str],
+        *,
         vocab_size: int = 600,
         text: dict[str, Any] | None = None,
         vision: dict[str, Any] | None = None,
-    ) -> Path:
-        """A random tiny model of this architecture + a locally built tokenizer (`vocab_size` tokens, learned on
-        `texts`) and processor -> `folder`. `text` / `vision`: overrides of the decoder's and the vision tower's
-        config (sizes), e.g. the quickstart's."""
+    ) -> tuple[type, Any, Any]:
+        """-> (model class, its tiny config, processor): a locally built tokenizer (`vocab_size` tokens, learned on
+        `texts`) and processor, the architecture at CPU-test sizes; `text` / `vision` override the decoder's and
+        the vision tower's config (e.g. the quickstart's sizes)."""
         raise NotImplementedError
 
     def _check_cost(self, cost: dict[str, Any]) -> None:

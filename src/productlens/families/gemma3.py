@@ -6,13 +6,11 @@ default). Tower `vision_tower` (SigLIP), projector `multi_modal_projector`, deco
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, sized
 
 SPECIAL_TOKENS = [
     "<pad>",
@@ -57,17 +55,14 @@ class Gemma3(Family):
         """The soft token (the processor's own `image_token_id` is the `<start_of_image>` placeholder)."""
         return int(processor.tokenizer.image_token_id)
 
-    def save_tiny(
+    def tiny(
         self,
-        folder: str | os.PathLike,
         texts: Iterable[str],
         *,
-        seed: int = 0,
-        overwrite: bool = False,
         vocab_size: int = 600,
         text: dict[str, Any] | None = None,
         vision: dict[str, Any] | None = None,
-    ) -> Path:
+    ) -> tuple[type, Any, Any]:
         """Tiny Gemma 3: 2 decoder layers (hidden 32, sliding + global attention), a 2-layer SigLIP tower on
         32-px photos (8-px patches), the real average-pool projector: 4 image tokens per photo."""
         from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
@@ -132,8 +127,7 @@ class Gemma3(Family):
             image_token_index=ids("<image_soft_token>"),
             initializer_range=0.15,
         )
-        model = seeded(lambda: Gemma3ForConditionalGeneration(config), seed)
-        return write_folder(folder, model, processor, overwrite)
+        return Gemma3ForConditionalGeneration, config, processor
 
 
 FAMILY = Gemma3()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import transformers
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, sized
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -158,17 +157,14 @@ class Qwen25VL(Family):
             "vision_end_token_id": ids("<|vision_end|>"),
         }
 
-    def save_tiny(
+    def tiny(
         self,
-        folder: str | os.PathLike,
         texts: Iterable[str],
         *,
-        seed: int = 0,
-        overwrite: bool = False,
         vocab_size: int = 600,
         text: dict[str, Any] | None = None,
         vision: dict[str, Any] | None = None,
-    ) -> Path:
+    ) -> tuple[type, Any, Any]:
         """Tiny Qwen2.5-VL: 2 decoder layers (hidden 32, GQA 4/2, mrope), a 2-block windowed vision tower, the
         real 14-pixel patches and 2x2 merge, 4 to 16 image tokens per photo."""
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -203,8 +199,7 @@ class Qwen25VL(Family):
             pad_token_id=text["pad_token_id"],
             tie_word_embeddings=False,
         )
-        model = seeded(lambda: Qwen2_5_VLForConditionalGeneration(config), seed)
-        return write_folder(folder, model, processor, overwrite)
+        return Qwen2_5_VLForConditionalGeneration, config, processor
 
 
 class Qwen3VL(Qwen25VL):
@@ -223,17 +218,14 @@ class Qwen3VL(Qwen25VL):
     patch_size = 16
     system_turn = False
 
-    def save_tiny(
+    def tiny(
         self,
-        folder: str | os.PathLike,
         texts: Iterable[str],
         *,
-        seed: int = 0,
-        overwrite: bool = False,
         vocab_size: int = 600,
         text: dict[str, Any] | None = None,
         vision: dict[str, Any] | None = None,
-    ) -> Path:
+    ) -> tuple[type, Any, Any]:
         """Tiny Qwen3-VL: 2 decoder layers (interleaved mrope), a 2-block tower with one deepstack merger, the
         real 16-pixel patches and 2x2 merge, 4 to 16 image tokens per photo."""
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
@@ -268,8 +260,7 @@ class Qwen3VL(Qwen25VL):
             **self.tiny_token_ids(processor.tokenizer),
             tie_word_embeddings=False,
         )
-        model = seeded(lambda: Qwen3VLForConditionalGeneration(config), seed)
-        return write_folder(folder, model, processor, overwrite)
+        return Qwen3VLForConditionalGeneration, config, processor
 
 
 FAMILY = Qwen25VL()

@@ -6,15 +6,13 @@ Tower `vision_model`, projector `connector`, decoder `text_model` (a Llama).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import transformers
 
 from productlens.families import Family
-from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, seeded, sized, write_folder
+from productlens.families.tiny import TINY_TEXT, byte_level_tokenizer, sized
 
 GRID = 4  # row/column marker tokens <row_r_col_c> for r, c in 1..GRID
 SPECIAL_TOKENS = [
@@ -66,17 +64,14 @@ class SmolVLM(Family):
     hub_ids = ("HuggingFaceTB/SmolVLM2-2.2B-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct")
     image_only_processor = SmolVLMProcessor
 
-    def save_tiny(
+    def tiny(
         self,
-        folder: str | os.PathLike,
         texts: Iterable[str],
         *,
-        seed: int = 0,
-        overwrite: bool = False,
         vocab_size: int = 600,
         text: dict[str, Any] | None = None,
         vision: dict[str, Any] | None = None,
-    ) -> Path:
+    ) -> tuple[type, Any, Any]:
         """Tiny SmolVLM: 2 Llama layers (hidden 32), a 2-layer SigLIP tower on 32-px crops (8-px patches), the
         real pixel-shuffle connector; a photo of up to 64 px is split into at most 2x2 crops + the global view."""
         from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
@@ -128,8 +123,7 @@ class SmolVLM(Family):
             pad_token_id=ids("<|endoftext|>"),
             tie_word_embeddings=False,
         )
-        model = seeded(lambda: SmolVLMForConditionalGeneration(config), seed)
-        return write_folder(folder, model, processor, overwrite)
+        return SmolVLMForConditionalGeneration, config, processor
 
 
 FAMILY = SmolVLM()
