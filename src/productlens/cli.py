@@ -197,7 +197,7 @@ def train(
 
     Example: productlens train --config configs/phi3v-lora.yaml --data data/prepared --out runs/lora --set training.learning_rate=1e-4
     """
-    from productlens.train import train_from_options
+    from productlens.train import end_distributed, train_from_options
 
     try:
         overrides = [*(set_ or []), *([f"model.family={family}"] if family else [])]
@@ -205,6 +205,7 @@ def train(
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    end_distributed()  # several processes: every rank done, this one ends here
 
 
 # ---- export -----------------------------------------------------------------------------------------------

@@ -523,7 +523,6 @@ def train_from_options(
         preset = str(Path(out) / "config.yaml")
     config = load_config(preset, [*given, *overrides])
     result = train(config, resume=resume)
-    end_distributed()
     console.print(
         f"trained {result.global_step} steps ({result.world_size} process(es), {result.total_batch_size} "
         f"examples per step) -> {result.output_dir}"
@@ -534,14 +533,22 @@ def train_from_options(
 
 
 def end_distributed() -> None:
-    """Several processes (accelerate launch, torchrun): wait for all, then take the process group down before the
-    process exits; one left to the interpreter's shutdown can abort a rank after a finished run (SIGABRT,
-    'terminate called without an active exception', seen with DeepSpeed on gloo)."""
+    """End a finished rank of a multi-process run (accelerate launch, torchrun) once every rank is done: streams
+    flushed, exit status 0, no interpreter teardown. Left to the teardown, torch / DeepSpeed's native threads
+    aborted a finished ZeRO-3 rank now and then (SIGABRT, 'terminate called without an active exception'), even
+    after destroy_process_group, and the launcher reported a failed run. A no-op in a single process. Call it
+    last: it does not return."""
+    import logging
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def save_final(
